@@ -1,0 +1,99 @@
+"""What every compression method implements: a host-side check and a prefill."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..prompt import PreparedPrompt
+from ..runtime import ForwardState, ModelRunner
+
+__all__ = ["Method", "PrefillResult", "protected_tokens"]
+
+
+@dataclass
+class PrefillResult:
+    """The outcome of a method's prefill, from which decoding continues.
+
+    Attributes:
+        logits: ``(1, vocab)`` float32 logits for the first generated token.
+        state: The forward state (cache, entry positions, decode observer).
+        next_position: Position of the first generated token.
+        kept_tokens: Prompt tokens the model still reads after each selection
+            stage (one value, the prompt length, when nothing was dropped).
+        kept_indices: Prompt token indices that survived, in order; None for
+            methods that keep different entries per layer or head.
+        selection_layers: Layers where a selection happened.
+        query_source: ``"query"`` when the caller's query drove selection,
+            ``"last_token"`` when the last prompt token did, None when nothing was selected.
+    """
+
+    logits: torch.Tensor
+    state: ForwardState
+    next_position: int
+    kept_tokens: list[int]
+    kept_indices: list[int] | None
+    selection_layers: list[int] = field(default_factory=list)
+    query_source: str | None = None
+
+
+def protected_tokens(prepared: PreparedPrompt, *, sink: int = 0, suffix: int = 1) -> list[bool]:
+    """Return, per prompt token, whether it must survive: the query, the first ``sink`` and last ``suffix`` tokens."""
+    length = len(prepared)
+    protected = [False] * length
+    for index in range(min(sink, length)):
+        protected[index] = True
+    for index in range(max(0, length - suffix), length):
+        protected[index] = True
+    if prepared.query_span is not None:
+        start, end = prepared.query_span
+        for index in range(start, end):
+            protected[index] = True
+    return protected
+
+
+class Method(ABC):
+    """A way to run the prefill: the full model or one of the compression methods.
+
+    Args:
+        config: The method's validated config.
+        runner: The model runner that owns the forward passes.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, config, runner: ModelRunner) -> None:
+        self.config = config
+        self.runner = runner
+
+    @abstractmethod
+    def check(self, prepared: PreparedPrompt) -> None:
+        """Raise ``ValueError`` if the config cannot run on this prompt; runs before any compute."""
+
+    @abstractmethod
+    def prefill(self, prepared: PreparedPrompt, input_ids: torch.Tensor) -> PrefillResult:
+        """Run the prompt through the model and return the state to decode from.
+
+        Args:
+            prepared: The tokenized prompt and its spans.
+            input_ids: ``(1, n)`` token ids on the model's input device.
+        """
+
+    def new_state(self) -> ForwardState:
+        """Return a fresh forward state with an empty cache."""
+        return ForwardState(
+            cache=self.runner.new_cache(), base_kind=self.runner.base_kind, num_layers=self.runner.num_layers
+        )
+
+    def full_prefill(self, input_ids: torch.Tensor, state: ForwardState | None = None) -> PrefillResult:
+        """Run the plain model on ``input_ids`` at positions ``0..n-1``."""
+        state = state if state is not None else self.new_state()
+        length = input_ids.shape[1]
+        positions = torch.arange(length, device=input_ids.device).view(1, -1)
+        logits = self.runner.forward(input_ids, positions, state)
+        return PrefillResult(
+            logits=logits, state=state, next_position=length, kept_tokens=[length], kept_indices=None
+        )

@@ -1,0 +1,24 @@
+"""The unmodified model, the reference for every comparison."""
+
+from __future__ import annotations
+
+import torch
+
+from ..prompt import PreparedPrompt
+from .base import Method, PrefillResult
+
+__all__ = ["FullMethod"]
+
+
+class FullMethod(Method):
+    """Full prefill and full KV cache; the same computation as ``model.generate``."""
+
+    name = "full"
+
+    def check(self, prepared: PreparedPrompt) -> None:
+        return None
+
+    def prefill(self, prepared: PreparedPrompt, input_ids: torch.Tensor) -> PrefillResult:
+        result = self.full_prefill(input_ids)
+        result.kept_indices = list(range(len(prepared)))
+        return result

@@ -5,13 +5,27 @@ from __future__ import annotations
 from ..runtime import ModelRunner
 from .base import Method, PrefillResult
 from .full import FullMethod
+from .gemfilter import GemFilterMethod
+from .h2o import H2OMethod
 from .promptdistill import PromptDistillMethod
+from .snapkv import SnapKVMethod
+from .truncate import TruncateMethod
 
-__all__ = ["FullMethod", "Method", "PrefillResult", "PromptDistillMethod", "make_method"]
+__all__ = [
+    "FullMethod",
+    "GemFilterMethod",
+    "H2OMethod",
+    "Method",
+    "PrefillResult",
+    "PromptDistillMethod",
+    "SnapKVMethod",
+    "TruncateMethod",
+    "make_method",
+]
 
 _METHODS: dict[str, type[Method]] = {
-    FullMethod.name: FullMethod,
-    PromptDistillMethod.name: PromptDistillMethod,
+    method.name: method
+    for method in (FullMethod, PromptDistillMethod, GemFilterMethod, SnapKVMethod, H2OMethod, TruncateMethod)
 }
 
 

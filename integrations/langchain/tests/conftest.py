@@ -1,0 +1,52 @@
+"""Fixtures of the LangChain integration's tests: a tiny random-weight engine and the real default engine."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from promptdistill_rag import DistillConfig, PromptDistillEngine
+from promptdistill_rag import testing as engine_testing
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object):
+    # The standard suites of langchain-tests define unmarked async tests and
+    # expect pytest-asyncio's auto mode, which the repository's pytest
+    # configuration does not set; marking them here runs them in strict mode.
+    if inspect.iscoroutinefunction(obj):
+        pytest.mark.asyncio(obj)
+    return (yield)
+
+
+# keep=0.5 leaves a budget above the 12 always-kept tokens (4 sink, 8 suffix)
+# even for one-line chat prompts of about 30 tokens.
+TINY_CONFIG = DistillConfig(keep=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine() -> PromptDistillEngine:
+    """A random-weight Llama engine that answers in milliseconds; seed 2 makes its greedy text vary."""
+    return engine_testing.tiny_engine("llama", config=TINY_CONFIG, seed=2)
+
+
+@pytest.fixture(scope="session")
+def real_engine() -> PromptDistillEngine:
+    """The shared engine with the real SmolLM2-135M-Instruct model, loaded once per process."""
+    return engine_testing.default_engine()
+
+
+@pytest.fixture
+def engine_calls(tiny_engine: PromptDistillEngine, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The keyword arguments of every ``stream`` call the tiny engine gets (``generate`` calls ``stream``)."""
+    calls: list[dict[str, Any]] = []
+    original = tiny_engine.stream
+
+    def recording_stream(prompt: Any, **kwargs: Any):
+        calls.append({"prompt": prompt, **kwargs})
+        return original(prompt, **kwargs)
+
+    monkeypatch.setattr(tiny_engine, "stream", recording_stream)
+    return calls

@@ -22,7 +22,7 @@ PROVIDER = "promptdistill"
 """The ``ls_provider`` value that tracing reports."""
 
 HINTS_KEY = "promptdistill"
-"""Key in a ``HumanMessage``'s ``additional_kwargs`` that holds ``{"query": ..., "chunks": [...]}``."""
+"""Key in a ``HumanMessage``'s ``additional_kwargs`` whose value is ``{"query": ..., "chunks": [...]}``."""
 
 # One definition of each sampling constraint, used by the model fields and by
 # per-call keywords alike. strict=True rejects bools and numeric strings.
@@ -46,7 +46,7 @@ CALL_KEYWORDS: tuple[str, ...] = (
 """Keywords that ``invoke``, ``stream``, ``batch`` and their async forms accept per call (besides ``stop``)."""
 
 # LangChain passes stream=True into the model's keywords when it routes an
-# invoke through streaming; it only selects the code path.
+# invoke through streaming. The keyword only selects the code path.
 _ROUTING_KEYWORDS = frozenset({"stream"})
 
 # Names people carry over from the engine or from transformers.
@@ -92,8 +92,8 @@ def load_engine(model_name: str | None, model_kwargs: Mapping[str, Any]) -> Prom
     """Load an engine, or return the one already loaded with the same name and keywords.
 
     LangChain builds a fresh model object for every run of ``configurable_fields``,
-    so the engines live in a weak cache: while any model object holds an engine,
-    the others with the same ``model_name`` and ``model_kwargs`` reuse it.
+    so the engines live in a weak cache. While any model object references an
+    engine, the others with the same ``model_name`` and ``model_kwargs`` reuse it.
     """
     # repr() makes unhashable values (dicts, quantization configs) usable in the
     # key; two equal values with different reprs only cost a second load.
@@ -277,6 +277,16 @@ class PromptDistillParams(BaseModel):
         if stop_sequences:
             params["ls_stop"] = list(stop_sequences)
         return params
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Return the token ids the model reads for ``text`` as a plain string prompt.
+
+        A ``custom_get_token_ids`` function, when set, replaces the model's tokenizer.
+        """
+        custom = getattr(self, "custom_get_token_ids", None)
+        if custom is not None:
+            return custom(text)
+        return self.count_prompt_tokens(text)
 
     def count_prompt_tokens(self, prompt: str | list[dict[str, str]]) -> list[int]:
         """Return the token ids the model reads for ``prompt`` (an empty list for empty text)."""

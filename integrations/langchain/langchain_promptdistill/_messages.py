@@ -24,7 +24,7 @@ def message_text(message: BaseMessage, index: int) -> str:
     """Return a message's text: string content as is, text blocks joined.
 
     Raises:
-        ValueError: If the content holds anything but text (images, audio, files, tool calls).
+        ValueError: If the content has anything but text (images, audio, files, tool calls).
     """
     content = message.content
     if isinstance(content, str):

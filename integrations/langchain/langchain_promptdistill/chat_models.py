@@ -87,7 +87,7 @@ class ChatPromptDistill(PromptDistillParams, BaseChatModel):
         ``response_metadata``. Joined, the pieces equal ``invoke``'s text for
         a greedy call. ``ainvoke``, ``astream`` and ``abatch`` run every model
         step (tokenizing, the prefill, each token) in a worker thread, so the
-        event loop stays free; an ``astream`` that is abandoned stops after the
+        event loop stays free. An ``astream`` that is abandoned stops after the
         running step. Calls from many threads or tasks share one engine, which
         runs one forward pass at a time.
 
@@ -127,10 +127,6 @@ class ChatPromptDistill(PromptDistillParams, BaseChatModel):
 
     # Tokens ----------------------------------------------------------------
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Return the ids of ``text`` as the model's tokenizer reads a plain string prompt."""
-        return self.count_prompt_tokens(text)
-
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
@@ -160,8 +156,8 @@ class ChatPromptDistill(PromptDistillParams, BaseChatModel):
         if not question:
             return None
         # NOTE: "the earlier messages are longer" is a heuristic for "the context
-        # sits before the question"; when the question shares its message with
-        # the context, the whole message would be the query and every context
+        # sits before the question". When the question shares its message with
+        # the context, that whole message would be the query and every context
         # token would be protected, so no query is used then.
         earlier = sum(len(message_text(message, index)) for index, message in enumerate(messages[:-1]))
         return question if earlier > len(question) else None

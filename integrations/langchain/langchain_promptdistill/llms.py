@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun, Callbacks
 from langchain_core.language_models import BaseLLM, LangSmithParams, LanguageModelInput
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from langchain_core.prompt_values import ChatPromptValue
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.prompt_values import ChatPromptValue, PromptValue
+from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict
 
 from promptdistill_rag import DistillStats
@@ -26,10 +27,25 @@ from ._messages import RetrievalHints, last_user_hints
 __all__ = ["PromptDistillLLM"]
 
 
-def _input_hints(value: LanguageModelInput) -> RetrievalHints:
+_NO_HINTS = RetrievalHints()
+
+_PROMPT_HINTS: ContextVar[Mapping[str, RetrievalHints]] = ContextVar("promptdistill_prompt_hints", default={})
+"""Hints of the prompts in the running ``generate_prompt`` call, keyed by prompt text."""
+
+
+def _input_hints(value: object) -> RetrievalHints:
     if isinstance(value, ChatPromptValue):
         return last_user_hints(value.messages)
-    return RetrievalHints()
+    return _NO_HINTS
+
+
+def _hints_by_text(prompts: list[PromptValue]) -> dict[str, RetrievalHints]:
+    hints = {}
+    for prompt in prompts:
+        found = _input_hints(prompt)
+        if found.query is not None or found.chunks is not None:
+            hints[prompt.to_string()] = found
+    return hints
 
 
 class PromptDistillLLM(PromptDistillParams, BaseLLM):
@@ -72,10 +88,10 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
         model's own name). Any other keyword raises ``ValueError``.
 
     Which tokens are the query:
-        ``query=`` passed to the call (``query=None`` turns the rules below off),
-        else the ``query`` field, else the query stored by
-        ``format_docs_for_promptdistill`` or ``PromptDistillRAGPrompt`` in the
-        prompt value, else none: the engine then scores with the last prompt
+        The first that applies: ``query=`` passed to the call (``query=None``
+        turns the other rules off), the ``query`` field, or the query that
+        ``format_docs_for_promptdistill`` or ``PromptDistillRAGPrompt`` stored
+        in the prompt value. With none, the engine scores with the last prompt
         token's attention and reports ``query_source="last_token"``. The
         passages (``chunks``) come from the call keyword or the prompt value.
 
@@ -110,68 +126,55 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(**self.tracing_params("llm", stop, kwargs))
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Return the token ids the model reads for the prompt ``text``."""
-        return self.count_prompt_tokens(text)
-
     # Retrieval hints in the input ------------------------------------------
-    # BaseLLM turns a prompt value into a plain string before _generate sees
-    # it, so the hints of a RAG prompt value move into the call's keywords here.
+    # BaseLLM turns prompt values into plain strings before _generate and
+    # _stream see them, so the hints of RAG prompt values travel beside them.
+    # generate_prompt, which invoke, batch and their async forms call, keys
+    # them by prompt text. stream and astream pass them as call keywords.
 
-    def _with_hints(self, value: LanguageModelInput, kwargs: dict[str, Any]) -> dict[str, Any]:
-        hints = _input_hints(value)
+    def generate_prompt(
+        self,
+        prompts: list[PromptValue],
+        stop: list[str] | None = None,
+        callbacks: Callbacks | list[Callbacks] | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        token = _PROMPT_HINTS.set(_hints_by_text(prompts))
+        try:
+            return super().generate_prompt(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _PROMPT_HINTS.reset(token)
+
+    async def agenerate_prompt(
+        self,
+        prompts: list[PromptValue],
+        stop: list[str] | None = None,
+        callbacks: Callbacks | list[Callbacks] | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        token = _PROMPT_HINTS.set(_hints_by_text(prompts))
+        try:
+            return await super().agenerate_prompt(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _PROMPT_HINTS.reset(token)
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> Iterator[str]:
+        return super().stream(input, config, stop=stop, **self._with_hints(_input_hints(input), kwargs))
+
+    def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AsyncIterator[str]:
+        return super().astream(input, config, stop=stop, **self._with_hints(_input_hints(input), kwargs))
+
+    def _with_hints(self, hints: RetrievalHints, kwargs: dict[str, Any]) -> dict[str, Any]:
         merged = dict(kwargs)
         if hints.query is not None and "query" not in merged and self.query is None:
             merged["query"] = hints.query
         if hints.chunks is not None and "chunks" not in merged:
             merged["chunks"] = hints.chunks
         return merged
-
-    def invoke(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
-    ) -> str:
-        return super().invoke(input, config, stop=stop, **self._with_hints(input, kwargs))
-
-    async def ainvoke(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
-    ) -> str:
-        return await super().ainvoke(input, config, stop=stop, **self._with_hints(input, kwargs))
-
-    def stream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
-    ) -> Iterator[str]:
-        return super().stream(input, config, stop=stop, **self._with_hints(input, kwargs))
-
-    def astream(
-        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
-    ) -> AsyncIterator[str]:
-        return super().astream(input, config, stop=stop, **self._with_hints(input, kwargs))
-
-    def batch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[str]:
-        if not any(_input_hints(value).query or _input_hints(value).chunks for value in inputs):
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        # BaseLLM.batch sends all prompts through one call with one set of
-        # keywords; prompts with their own hints go one invoke each instead.
-        return Runnable.batch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)
-
-    async def abatch(
-        self,
-        inputs: list[LanguageModelInput],
-        config: RunnableConfig | list[RunnableConfig] | None = None,
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[str]:
-        if not any(_input_hints(value).query or _input_hints(value).chunks for value in inputs):
-            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        return await Runnable.abatch(self, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     # Generation ------------------------------------------------------------
 
@@ -206,12 +209,13 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
     ) -> LLMResult:
         generations = []
         for prompt in prompts:
+            call = self._with_hints(_PROMPT_HINTS.get().get(prompt, _NO_HINTS), kwargs)
             if self.streaming:
-                chunks = list(self._stream(prompt, stop=stop, run_manager=run_manager, **kwargs))
+                chunks = list(self._stream(prompt, stop=stop, run_manager=run_manager, **call))
                 text = "".join(chunk.text for chunk in chunks)
                 info = chunks[-1].generation_info
             else:
-                result = self.get_engine().generate(**self._request(prompt, stop, kwargs))
+                result = self.get_engine().generate(**self._request(prompt, stop, call))
                 text, info = result.text, self._generation_info(result.stats)
             generations.append(Generation(text=text, generation_info=info))
         return self._llm_result(generations)
@@ -225,9 +229,10 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
     ) -> LLMResult:
         generations = []
         for prompt in prompts:
+            call = self._with_hints(_PROMPT_HINTS.get().get(prompt, _NO_HINTS), kwargs)
             # Without streaming, callbacks get no tokens, as in the sync path.
             manager = run_manager if self.streaming else None
-            chunks = [chunk async for chunk in self._astream(prompt, stop=stop, run_manager=manager, **kwargs)]
+            chunks = [chunk async for chunk in self._astream(prompt, stop=stop, run_manager=manager, **call)]
             text = "".join(chunk.text for chunk in chunks)
             generations.append(Generation(text=text, generation_info=chunks[-1].generation_info))
         return self._llm_result(generations)

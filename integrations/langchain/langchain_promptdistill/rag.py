@@ -129,9 +129,9 @@ class PromptDistillRAGPrompt(RunnableSerializable[dict, PromptDistillPromptValue
     title_key: str | None = "title"
     """Metadata key of a document's title; None for no titles."""
     context_key: str = "context"
-    """Input key that holds the retrieved documents."""
+    """Input key of the retrieved documents."""
     question_key: str = "question"
-    """Input key that holds the question."""
+    """Input key of the question."""
 
     model_config = {"extra": "forbid"}
 

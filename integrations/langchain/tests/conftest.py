@@ -14,8 +14,8 @@ from promptdistill_rag import testing as engine_testing
 @pytest.hookimpl(wrapper=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object):
     # The standard suites of langchain-tests define unmarked async tests and
-    # expect pytest-asyncio's auto mode, which the repository's pytest
-    # configuration does not set; marking them here runs them in strict mode.
+    # expect pytest-asyncio's auto mode. The repository's pytest configuration
+    # does not set it, so the mark added here runs them in strict mode.
     if inspect.iscoroutinefunction(obj):
         pytest.mark.asyncio(obj)
     return (yield)
@@ -28,7 +28,7 @@ TINY_CONFIG = DistillConfig(keep=0.5)
 
 @pytest.fixture(scope="session")
 def tiny_engine() -> PromptDistillEngine:
-    """A random-weight Llama engine that answers in milliseconds; seed 2 makes its greedy text vary."""
+    """A random-weight Llama engine that generates in milliseconds; seed 2 makes its greedy text vary."""
     return engine_testing.tiny_engine("llama", config=TINY_CONFIG, seed=2)
 
 

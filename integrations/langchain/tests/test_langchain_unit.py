@@ -558,15 +558,76 @@ def test_astream_joins_to_invoke(chat: ChatPromptDistill) -> None:
     assert collector.tokens == [chunk.content for chunk in chunks]
 
 
-def test_astream_early_stop_frees_engine(chat: ChatPromptDistill) -> None:
+class CountingStream:
+    """Wraps an engine stream and records how many pieces it produced and whether it was closed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pieces = 0
+        self.closed = False
+
+    def __iter__(self) -> CountingStream:
+        return self
+
+    def __next__(self) -> str:
+        piece = next(self.inner)
+        self.pieces += 1
+        return piece
+
+    def close(self) -> None:
+        self.closed = True
+        self.inner.close()
+
+    @property
+    def result(self) -> Any:
+        return self.inner.result
+
+
+@pytest.fixture
+def counted_streams(tiny_engine: PromptDistillEngine, monkeypatch: pytest.MonkeyPatch) -> list[CountingStream]:
+    streams: list[CountingStream] = []
+    original = tiny_engine.stream
+
+    def counting_stream(prompt: Any, **kwargs: Any) -> CountingStream:
+        stream = CountingStream(original(prompt, **kwargs))
+        streams.append(stream)
+        return stream
+
+    monkeypatch.setattr(tiny_engine, "stream", counting_stream)
+    return streams
+
+
+def test_astream_early_stop_closes(chat: ChatPromptDistill, counted_streams: list[CountingStream]) -> None:
     async def first_chunk() -> str:
-        async for chunk in chat.astream("Hello there, how are you?", max_tokens=40):
+        async for chunk in chat.astream("Hello there, how are you?", max_tokens=60):
             return chunk.content
         return ""
 
     asyncio.run(first_chunk())
 
+    assert counted_streams[0].closed
+    assert counted_streams[0].pieces <= 2
     assert chat.invoke("Hello there, how are you?", max_tokens=2).usage_metadata["output_tokens"] <= 2
+
+
+def test_ainvoke_cancel_stops_generation(chat: ChatPromptDistill, counted_streams: list[CountingStream]) -> None:
+    async def cancel_after_two_pieces() -> None:
+        task = asyncio.create_task(chat.ainvoke("Hello there, how are you?", max_tokens=200))
+        while not counted_streams or counted_streams[0].pieces < 2:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The step that was running when the task was cancelled finishes in its thread.
+        for _ in range(500):
+            if counted_streams[0].closed:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(cancel_after_two_pieces())
+
+    assert counted_streams[0].closed
+    assert counted_streams[0].pieces < 200
 
 
 def test_identifying_and_tracing_params(tiny_engine: PromptDistillEngine) -> None:
@@ -594,6 +655,7 @@ def test_num_tokens(chat: ChatPromptDistill, llm: PromptDistillLLM, tiny_engine:
     assert chat.get_num_tokens_from_messages(messages) == expected
     assert llm.get_num_tokens("Hello there") == tiny_engine.count_tokens("Hello there")
     assert chat.get_num_tokens("") == 0
+    assert ChatPromptDistill(engine=tiny_engine, custom_get_token_ids=lambda text: [7, 8, 9]).get_num_tokens("Hi") == 3
     with pytest.raises(ValueError, match="tool calling"):
         chat.get_num_tokens_from_messages(messages, tools=[{"name": "add"}])
 
@@ -740,15 +802,22 @@ def test_rag_chain_chunk_granularity(chat: ChatPromptDistill) -> None:
 def test_llm_reads_prompt_value_hints(llm: PromptDistillLLM, engine_calls: list[dict[str, Any]]) -> None:
     prompt = format_docs_for_promptdistill(DOCS, "When was the lamp converted?")
 
+    other = format_docs_for_promptdistill(DOCS[:2], "Who built it?")
+
     llm.invoke(prompt)
     list(llm.stream(prompt))
-    llm.batch([prompt, format_docs_for_promptdistill(DOCS[:2], "Who built it?")])
+    llm.batch([prompt, other])
+    llm.generate_prompt([other])
+    asyncio.run(llm.ainvoke(prompt))
 
     assert engine_calls[0]["prompt"] == prompt.to_string()
     assert engine_calls[0]["query"] == prompt.query
     assert engine_calls[0]["chunks"] == prompt.chunks
     assert engine_calls[1]["query"] == prompt.query
-    assert sorted(call["query"] for call in engine_calls[2:]) == ["When was the lamp converted?", "Who built it?"]
+    assert [call["query"] for call in engine_calls[2:4]] == [prompt.query, other.query]
+    assert engine_calls[3]["chunks"] == other.chunks
+    assert engine_calls[4]["query"] == other.query
+    assert engine_calls[5]["query"] == prompt.query
 
 
 def test_llm_explicit_query_beats_hints(llm: PromptDistillLLM, engine_calls: list[dict[str, Any]]) -> None:

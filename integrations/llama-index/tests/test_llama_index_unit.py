@@ -616,7 +616,7 @@ def test_chunk_size_limit_splits_into_several_calls(llm, llm_events):
 
 def test_simple_summarize_cuts_nodes_that_do_not_fit(llm, llm_events):
     # Reserving 1,600 of the 2,048 positions for output leaves under 400 for
-    # text; simple_summarize joins the nodes and cuts the joined text to fit,
+    # text. simple_summarize joins the nodes and cuts the joined text to fit,
     # so the last nodes never reach the model.
     helper = llm.prompt_helper()
     helper.num_output = 1600

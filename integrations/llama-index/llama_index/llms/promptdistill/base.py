@@ -177,7 +177,7 @@ def _raw(result: GenerationResult) -> dict[str, Any]:
 
 
 def _additional_kwargs(result: GenerationResult) -> dict[str, Any]:
-    # The kept token indices can run to thousands of numbers; raw["stats"] has them.
+    # The kept token indices can run to thousands of numbers, so only raw["stats"] contains them.
     return {**_usage(result), "distill_stats": result.stats.model_dump(exclude={"kept_indices"})}
 
 
@@ -197,7 +197,7 @@ def _stream_results(stream: GenerationStream) -> Iterator[tuple[str, str, Option
     """Yield ``(delta, text so far, None)`` per piece, then ``("", text, result)`` once the stream ends.
 
     The closing item carries the stats, which exist only after the last
-    piece; it also guarantees one item when the model stops at once.
+    piece. It also makes sure a stream yields something when the model stops at once.
     """
     text = ""
     try:
@@ -272,7 +272,7 @@ class PromptDistillLLM(CustomLLM):
     use), or from nothing (the embedded default model, SmolLM2-135M-Instruct,
     loaded on first use).
 
-    Responses carry the call's stats: ``raw["stats"]`` holds ``DistillStats``
+    Responses carry the call's stats: ``raw["stats"]`` contains ``DistillStats``
     as a dict, ``additional_kwargs["distill_stats"]`` the same without
     ``kept_indices``, and ``raw["usage"]`` and ``additional_kwargs`` the token
     counts (``prompt_tokens``, ``completion_tokens``, ``total_tokens``). A
@@ -332,7 +332,7 @@ class PromptDistillLLM(CustomLLM):
             "'method' key works too). None uses the engine's default."
         ),
     )
-    max_new_tokens: int = Field(default=256, gt=0, description="Most tokens to generate; LlamaIndex's num_output.")
+    max_new_tokens: int = Field(default=256, gt=0, description="Maximum number of tokens to generate; LlamaIndex's num_output.")
     temperature: float = Field(default=0.0, ge=0.0, description="0 for greedy decoding, else the sampling temperature.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: Optional[int] = Field(default=None, gt=0, description="Sample among the top_k most likely tokens.")
@@ -507,23 +507,23 @@ class PromptDistillLLM(CustomLLM):
     # Query capture ----------------------------------------------------------
 
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        """Answer a prompt template; its ``query_str`` becomes the query that drives selection."""
+        """Format a prompt template and complete it; its ``query_str`` becomes the query that drives selection."""
         with _query_scope(_template_query(prompt, prompt_args)):
             return super().predict(prompt, **prompt_args)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
-        """Stream the answer to a prompt template; its ``query_str`` drives selection."""
+        """Format a prompt template and stream the completion; its ``query_str`` drives selection."""
         # The engine call starts inside super().stream(), so the scope may end before the tokens are read.
         with _query_scope(_template_query(prompt, prompt_args)):
             return super().stream(prompt, **prompt_args)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
-        """Answer a prompt template without blocking the event loop; ``query_str`` drives selection."""
+        """Format a prompt template and complete it without blocking the event loop; ``query_str`` drives selection."""
         with _query_scope(_template_query(prompt, prompt_args)):
             return await super().apredict(prompt, **prompt_args)
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
-        """Stream the answer to a prompt template without blocking the event loop; ``query_str`` drives selection."""
+        """Format a prompt template and stream the completion without blocking the event loop; ``query_str`` drives selection."""
         with _query_scope(_template_query(prompt, prompt_args)):
             return await super().astream(prompt, **prompt_args)
 
@@ -650,12 +650,15 @@ class PromptDistillLLM(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer chat messages, rendered with the tokenizer's chat template; keywords as for ``complete``."""
+        """Generate the assistant's reply to chat messages, rendered with the tokenizer's chat template.
+
+        Takes the keywords of ``complete``.
+        """
         return self._run_chat(messages, kwargs)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        """Answer chat messages piece by piece; keywords as for ``complete``."""
+        """Generate the assistant's reply piece by piece; takes the keywords of ``complete``."""
         return self._start_stream_chat(messages, kwargs)
 
     @llm_completion_callback()
@@ -673,11 +676,11 @@ class PromptDistillLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """Answer chat messages in a worker thread."""
+        """Generate the assistant's reply in a worker thread."""
         return await asyncio.to_thread(self._run_chat, messages, kwargs)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        """Answer chat messages piece by piece, each step in a worker thread."""
+        """Generate the assistant's reply piece by piece, each step in a worker thread."""
         responses = await asyncio.to_thread(self._start_stream_chat, messages, kwargs)
         return _in_worker_threads(responses)

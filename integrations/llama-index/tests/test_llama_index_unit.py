@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 
 import pytest
 from llama_index.core import Settings, SummaryIndex, get_response_synthesizer
@@ -36,6 +37,12 @@ CONTEXT = (
 )
 QUESTION = "Who was the first keeper of the lighthouse?"
 QA_TEMPLATE = PromptTemplate("Read the text and answer.\n\n{context_str}\n\nQuestion: {query_str}\nAnswer:")
+
+
+@pytest.fixture(autouse=True)
+def empty_engine_cache(monkeypatch):
+    """Give each test its own cache of lazily loaded engines."""
+    monkeypatch.setattr(base, "_ENGINES", weakref.WeakValueDictionary())
 
 
 @pytest.fixture
@@ -83,6 +90,22 @@ def test_default_model_loads_on_first_use(tiny_engine, monkeypatch):
     assert llm.engine_loaded
 
 
+def test_lazy_llms_share_one_engine(tiny_engine, monkeypatch):
+    loads = []
+
+    def fake_from_default(**kwargs):
+        loads.append(kwargs)
+        return engine_testing.tiny_engine("llama", config=tiny_engine.config, seed=2)
+
+    monkeypatch.setattr(PromptDistillEngine, "from_default", fake_from_default)
+    distilled = PromptDistillLLM(max_new_tokens=3)
+    plain = PromptDistillLLM(max_new_tokens=3, distill_config=FullConfig())
+    other_kwargs = PromptDistillLLM(max_new_tokens=3, model_kwargs={"attn_implementation": "eager"})
+    assert distilled.engine is plain.engine
+    assert other_kwargs.engine is not distilled.engine
+    assert loads == [{}, {"attn_implementation": "eager"}]
+
+
 def test_model_path_loads_on_first_use(tmp_path):
     model = engine_testing.tiny_model("qwen3", seed=1)
     model.save_pretrained(tmp_path)
@@ -119,14 +142,23 @@ def test_num_output_too_large_with_engine(tiny_engine):
 
 
 def test_num_output_too_large_when_loaded_lazily(tiny_engine, monkeypatch):
-    monkeypatch.setattr(PromptDistillEngine, "from_default", lambda **kwargs: tiny_engine)
+    loads = []
+
+    def fake_from_default(**kwargs):
+        loads.append(kwargs)
+        return tiny_engine
+
+    monkeypatch.setattr(PromptDistillEngine, "from_default", fake_from_default)
     llm = PromptDistillLLM(max_new_tokens=5000)
     with pytest.raises(ValueError, match="5000") as excinfo:
         llm.complete(CONTEXT)
     assert "2048" in str(excinfo.value)
+    with pytest.raises(ValueError, match="5000"):
+        llm.metadata
 
     llm.max_new_tokens = 4
     assert llm.complete(CONTEXT).raw["stats"]["generated_tokens"] <= 4
+    assert len(loads) == 1
 
 
 def test_unknown_field_is_named(tiny_engine):
@@ -166,6 +198,14 @@ def test_distill_config_unknown_method(tiny_engine):
 def test_distill_config_layer_past_model_depth(tiny_engine):
     with pytest.raises(ValueError, match="outside the model's layers"):
         PromptDistillLLM(engine=tiny_engine, distill_config=DistillConfig(selection_layers=[40]))
+
+
+def test_distill_config_checked_when_loaded_lazily(tiny_engine, monkeypatch):
+    monkeypatch.setattr(PromptDistillEngine, "from_default", lambda **kwargs: tiny_engine)
+    llm = PromptDistillLLM(distill_config=DistillConfig(selection_layers=[40]))
+    assert not llm.engine_loaded
+    with pytest.raises(ValueError, match="outside the model's layers"):
+        llm.complete(CONTEXT)
 
 
 def test_serialization_round_trip(llm):

@@ -13,6 +13,7 @@ import contextvars
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -94,6 +95,12 @@ def _unknown_key_message(kind: str, unknown: Sequence[str], accepted: Sequence[s
         parts.append(f"{key!r} ({hint})" if hint else repr(key))
     return f"PromptDistillLLM got unknown {kind} {', '.join(parts)}; accepted: {', '.join(sorted(accepted))}"
 
+
+# Engines loaded on first use, by model and loading keywords. While any LLM
+# holds an engine, other LLMs built with the same model_name and
+# model_kwargs reuse it instead of loading the weights again.
+_ENGINES: weakref.WeakValueDictionary[str, PromptDistillEngine] = weakref.WeakValueDictionary()
+_ENGINES_LOCK = threading.Lock()
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -374,7 +381,8 @@ class PromptDistillLLM(CustomLLM):
                 "an engine already holds its loaded model"
             )
             raise ValueError(msg)
-        self._check_engine(engine)
+        self._check_num_output(engine)
+        self._check_distill_config(engine)
         self._engine = engine
 
     @model_validator(mode="before")
@@ -395,15 +403,23 @@ class PromptDistillLLM(CustomLLM):
 
     @property
     def engine(self) -> PromptDistillEngine:
-        """The engine; the first access loads the model when none was given."""
+        """The engine; the first access loads the model when none was given.
+
+        Raises:
+            ValueError: If ``max_new_tokens`` leaves no room for context, or
+                (on the access that loads the model) ``distill_config`` does not fit it.
+        """
         engine = self._engine
         if engine is None:
             with self._load_lock:
                 engine = self._engine
                 if engine is None:
                     engine = self._load_engine()
-                    self._check_engine(engine)
+                    # Keep the engine even if a check fails, so that fixing
+                    # the setting does not load the weights again.
                     self._engine = engine
+                    self._check_distill_config(engine)
+        self._check_num_output(engine)
         return engine
 
     @property
@@ -412,13 +428,23 @@ class PromptDistillLLM(CustomLLM):
         return self._engine is not None
 
     def _load_engine(self) -> PromptDistillEngine:
-        if self.model_name is None:
-            logger.info("Loading the default model SmolLM2-135M-Instruct")
-            return PromptDistillEngine.from_default(**self.model_kwargs)
-        logger.info("Loading %s", self.model_name)
-        return PromptDistillEngine.from_pretrained(self.model_name, **self.model_kwargs)
+        # repr() makes unhashable keyword values (dicts, quantization configs)
+        # usable in the key; equal values with different reprs only cost a second load.
+        key = repr((self.model_name, sorted((name, repr(value)) for name, value in self.model_kwargs.items())))
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is not None:
+                return engine
+            if self.model_name is None:
+                logger.info("Loading the default model %s", DEFAULT_MODEL_NAME)
+                engine = PromptDistillEngine.from_default(**self.model_kwargs)
+            else:
+                logger.info("Loading %s", self.model_name)
+                engine = PromptDistillEngine.from_pretrained(self.model_name, **self.model_kwargs)
+            _ENGINES[key] = engine
+        return engine
 
-    def _check_engine(self, engine: PromptDistillEngine) -> None:
+    def _check_num_output(self, engine: PromptDistillEngine) -> None:
         limit = engine.max_positions
         if limit is not None and self.max_new_tokens >= limit:
             msg = (
@@ -427,6 +453,8 @@ class PromptDistillLLM(CustomLLM):
                 f"context; set max_new_tokens below {limit}"
             )
             raise ValueError(msg)
+
+    def _check_distill_config(self, engine: PromptDistillEngine) -> None:
         if self.distill_config is not None:
             # Layer indices can only be checked against the loaded model's depth.
             engine.method_for(self.distill_config)

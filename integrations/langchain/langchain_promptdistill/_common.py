@@ -160,6 +160,18 @@ class PromptDistillParams(BaseModel):
             raise ValueError(msg)
         return value
 
+    @field_validator("model_kwargs")
+    @classmethod
+    def _check_model_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # from_pretrained takes these two as its own parameters, so inside
+        # model_kwargs they would replace the method config or the model's name.
+        taken = {"config": "distill_config", "model_name": "model_name"}
+        for key, field in taken.items():
+            if key in value:
+                msg = f"model_kwargs must not contain {key!r}; set the {field!r} field instead"
+                raise ValueError(msg)
+        return value
+
     @model_validator(mode="after")
     def _check_engine_settings(self) -> Self:
         if self.engine is None:

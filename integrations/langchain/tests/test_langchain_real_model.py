@@ -57,8 +57,8 @@ class TestChatPromptDistillStandard(ChatModelIntegrationTests):
         # chat template; the engine's default keep=0.25 leaves fewer tokens
         # than the 12 it always keeps and raises (see
         # test_default_config_short_prompt), so the suite runs with keep=0.5.
-        # 24 new tokens keep each call near a second on two CPU cores.
-        return {"engine": engine_testing.default_engine(), "max_tokens": 24, "distill_config": DistillConfig(keep=0.5)}
+        # 16 new tokens keep each call near a second on two CPU cores.
+        return {"engine": engine_testing.default_engine(), "max_tokens": 16, "distill_config": DistillConfig(keep=0.5)}
 
     @property
     def supports_model_override(self) -> bool:

@@ -152,6 +152,12 @@ def test_init_engine_with_model_kwargs(tiny_engine: PromptDistillEngine) -> None
         ChatPromptDistill(engine=tiny_engine, model_kwargs={"dtype": "float32"})
 
 
+@pytest.mark.parametrize(("key", "field"), [("config", "distill_config"), ("model_name", "model_name")])
+def test_init_model_kwargs_taken_keys(key: str, field: str) -> None:
+    with pytest.raises(ValidationError, match=f"set the {field!r} field"):
+        ChatPromptDistill(model_name="org/some-model", model_kwargs={key: "x"})
+
+
 def test_init_engine_with_other_model_name(tiny_engine: PromptDistillEngine) -> None:
     with pytest.raises(ValidationError, match="does not match"):
         ChatPromptDistill(engine=tiny_engine, model_name="org/other-model")
@@ -713,6 +719,25 @@ def test_llm_async_matches_sync(llm: PromptDistillLLM) -> None:
     assert streamed == expected
     assert batched == [expected, expected]
     assert llm.batch([prompt, prompt]) == [expected, expected]
+
+
+def test_llm_stop_every_path(llm: PromptDistillLLM) -> None:
+    full = llm.invoke(LLM_PROMPT)
+    stop = full[3:7]
+    expected = full[: full.find(stop)]
+
+    async def collect() -> tuple[str, str]:
+        awaited = await llm.ainvoke(LLM_PROMPT, stop=[stop])
+        streamed = "".join([piece async for piece in llm.astream(LLM_PROMPT, stop=[stop])])
+        return awaited, streamed
+
+    awaited, async_streamed = asyncio.run(collect())
+
+    assert len(stop) == 4
+    assert llm.invoke(LLM_PROMPT, stop=[stop]) == expected
+    assert "".join(llm.stream(LLM_PROMPT, stop=[stop])) == expected
+    assert awaited == expected
+    assert async_streamed == expected
 
 
 def test_llm_streaming_field_callbacks(tiny_engine: PromptDistillEngine) -> None:

@@ -11,7 +11,7 @@ import weakref
 import pytest
 from llama_index.core import Settings, SummaryIndex, get_response_synthesizer
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
-from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler, TokenCountingHandler
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
     LLMChatInProgressEvent,
@@ -618,6 +618,14 @@ def test_callback_manager_sees_llm_events(tiny_engine):
     llm.chat(user_messages())
     pairs = debug.get_event_pairs(CBEventType.LLM)
     assert len(pairs) == 2
+
+
+def test_token_counting_handler_reads_usage(tiny_engine):
+    counter = TokenCountingHandler()
+    llm = PromptDistillLLM(engine=tiny_engine, max_new_tokens=4, callback_manager=CallbackManager([counter]))
+    response = llm.chat(user_messages())
+    assert counter.prompt_llm_token_count == response.raw["stats"]["prompt_tokens"]
+    assert counter.completion_llm_token_count == response.raw["stats"]["generated_tokens"]
 
 
 # One call with everything ---------------------------------------------------------

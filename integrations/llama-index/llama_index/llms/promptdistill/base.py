@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -28,8 +28,6 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
-    MessageRole,
-    TextBlock,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
@@ -40,7 +38,15 @@ from llama_index.core.llms.llm import default_completion_to_prompt
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
 
-from promptdistill_rag import GenerationResult, GenerationStream, MethodConfig, PromptDistillEngine
+from llama_index.llms.promptdistill.utils import (
+    chat_dicts,
+    chat_response,
+    chat_stream,
+    completion_response,
+    completion_stream,
+    in_worker_threads,
+)
+from promptdistill_rag import MethodConfig, PromptDistillEngine
 from promptdistill_rag.default_model import DEFAULT_MODEL_NAME
 
 __all__ = ["CALL_KEYWORDS", "PromptDistillLLM"]
@@ -66,15 +72,6 @@ CALL_KEYWORDS: tuple[str, ...] = (
 _TEMPLATE_QUERY: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "promptdistill_template_query", default=None
 )
-
-_ROLES: dict[MessageRole, str] = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-}
 
 # Names carried over from the engine, from transformers or from other LLM classes.
 _RENAMED: dict[str, str] = {
@@ -138,129 +135,6 @@ def _query_scope(query: Optional[str]) -> Iterator[None]:
         yield
     finally:
         _TEMPLATE_QUERY.reset(token)
-
-
-def _message_text(message: ChatMessage, index: int) -> str:
-    parts = []
-    for block in message.blocks:
-        if not isinstance(block, TextBlock):
-            msg = (
-                f"message {index} contains a {type(block).__name__}; PromptDistillLLM reads text only, "
-                "so pass text blocks"
-            )
-            raise ValueError(msg)
-        parts.append(block.text)
-    return "".join(parts)
-
-
-def _chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """Convert LlamaIndex chat messages into the ``{"role", "content"}`` dicts that chat templates read."""
-    converted = []
-    for index, message in enumerate(messages):
-        role = _ROLES.get(message.role)
-        if role is None:
-            valid = ", ".join(sorted({r.value for r in _ROLES}))
-            msg = (
-                f"message {index} has role {message.role.value!r}, which PromptDistillLLM does not support "
-                f"(no tool or function calling); valid roles are {valid}"
-            )
-            raise ValueError(msg)
-        converted.append({"role": role, "content": _message_text(message, index)})
-    return converted
-
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    stats = result.stats
-    return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.generated_tokens,
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-    }
-
-
-def _raw(result: GenerationResult) -> dict[str, Any]:
-    # ``usage`` is where LlamaIndex's TokenCountingHandler looks for token counts.
-    return {**result.model_dump(), "usage": _usage(result)}
-
-
-def _additional_kwargs(result: GenerationResult) -> dict[str, Any]:
-    # The kept token indices can run to thousands of numbers, so only raw["stats"] contains them.
-    return {**_usage(result), "distill_stats": result.stats.model_dump(exclude={"kept_indices"})}
-
-
-def _completion_response(result: GenerationResult) -> CompletionResponse:
-    return CompletionResponse(text=result.text, raw=_raw(result), additional_kwargs=_additional_kwargs(result))
-
-
-def _chat_response(result: GenerationResult) -> ChatResponse:
-    return ChatResponse(
-        message=ChatMessage(role=MessageRole.ASSISTANT, content=result.text),
-        raw=_raw(result),
-        additional_kwargs=_additional_kwargs(result),
-    )
-
-
-def _stream_results(stream: GenerationStream) -> Iterator[tuple[str, str, Optional[GenerationResult]]]:
-    """Yield ``(delta, text so far, None)`` per piece, then ``("", text, result)`` once the stream ends.
-
-    The closing item carries the stats, which exist only after the last
-    piece. It also makes sure a stream yields something when the model stops at once.
-    """
-    text = ""
-    try:
-        for piece in stream:
-            text += piece
-            yield piece, text, None
-    finally:
-        stream.close()
-    result = stream.result
-    if result is None:
-        msg = "the engine's stream ended without a result"
-        raise RuntimeError(msg)
-    yield "", result.text, result
-
-
-def _completion_stream(stream: GenerationStream) -> CompletionResponseGen:
-    for delta, text, result in _stream_results(stream):
-        if result is None:
-            yield CompletionResponse(text=text, delta=delta)
-        else:
-            yield CompletionResponse(
-                text=text, delta=delta, raw=_raw(result), additional_kwargs=_additional_kwargs(result)
-            )
-
-
-def _chat_stream(stream: GenerationStream) -> ChatResponseGen:
-    for delta, text, result in _stream_results(stream):
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-        if result is None:
-            yield ChatResponse(message=message, delta=delta)
-        else:
-            yield ChatResponse(
-                message=message, delta=delta, raw=_raw(result), additional_kwargs=_additional_kwargs(result)
-            )
-
-
-_END = object()
-
-
-async def _in_worker_threads(iterator: Iterator[Any]) -> AsyncIterator[Any]:
-    """Iterate ``iterator`` with each step in a worker thread, so the event loop stays free."""
-    try:
-        while True:
-            item = await asyncio.to_thread(next, iterator, _END)
-            if item is _END:
-                return
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            try:
-                close()
-            except ValueError:
-                # A cancelled step may still run in its worker thread; the
-                # generator then finishes that step and is closed when collected.
-                logger.debug("stream is still running in a worker thread; it stops when collected")
 
 
 class PromptDistillLLM(CustomLLM):
@@ -626,7 +500,7 @@ class PromptDistillLLM(CustomLLM):
         if self.messages_to_prompt is not generic_messages_to_prompt:
             text = self.messages_to_prompt(messages)
             return self._request(text, [text], kwargs)
-        converted = _chat_dicts(messages)
+        converted = chat_dicts(messages)
         engine = self.engine
         if not getattr(engine.tokenizer, "chat_template", None):
             text = generic_messages_to_prompt(messages)
@@ -637,20 +511,20 @@ class PromptDistillLLM(CustomLLM):
 
     def _run_complete(self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]) -> CompletionResponse:
         request = self._completion_request(prompt, formatted, kwargs)
-        return _completion_response(request.engine.generate(**request.kwargs))
+        return completion_response(request.engine.generate(**request.kwargs))
 
     def _start_stream_complete(self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]) -> CompletionResponseGen:
         request = self._completion_request(prompt, formatted, kwargs)
         # engine.stream checks every argument now, so bad input raises here, not on the first next().
-        return _completion_stream(request.engine.stream(**request.kwargs))
+        return completion_stream(request.engine.stream(**request.kwargs))
 
     def _run_chat(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> ChatResponse:
         request = self._chat_request(messages, kwargs)
-        return _chat_response(request.engine.generate(**request.kwargs))
+        return chat_response(request.engine.generate(**request.kwargs))
 
     def _start_stream_chat(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> ChatResponseGen:
         request = self._chat_request(messages, kwargs)
-        return _chat_stream(request.engine.stream(**request.kwargs))
+        return chat_stream(request.engine.stream(**request.kwargs))
 
     # LlamaIndex LLM interface -----------------------------------------------
 
@@ -700,7 +574,7 @@ class PromptDistillLLM(CustomLLM):
     ) -> CompletionResponseAsyncGen:
         """Complete a prompt piece by piece, each step in a worker thread."""
         responses = await asyncio.to_thread(self._start_stream_complete, prompt, formatted, kwargs)
-        return _in_worker_threads(responses)
+        return in_worker_threads(responses)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -711,4 +585,4 @@ class PromptDistillLLM(CustomLLM):
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """Generate the assistant's reply piece by piece, each step in a worker thread."""
         responses = await asyncio.to_thread(self._start_stream_chat, messages, kwargs)
-        return _in_worker_threads(responses)
+        return in_worker_threads(responses)

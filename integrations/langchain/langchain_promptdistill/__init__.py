@@ -2,8 +2,8 @@
 
 Example:
     >>> from langchain_promptdistill import ChatPromptDistill  # doctest: +SKIP
-    >>> chat = ChatPromptDistill(max_tokens=64)  # doctest: +SKIP
-    >>> chat.invoke("What is PromptDistill?").content  # doctest: +SKIP
+    >>> chat = ChatPromptDistill(max_tokens=64, distill_config={"method": "promptdistill", "keep": 512})  # doctest: +SKIP
+    >>> chat.invoke("What is the capital of France?").content  # doctest: +SKIP
 """
 
 from .chat_models import ChatPromptDistill

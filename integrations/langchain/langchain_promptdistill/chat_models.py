@@ -106,11 +106,12 @@ class ChatPromptDistill(PromptDistillParams, BaseChatModel):
     Example:
         .. code-block:: python
 
-            from promptdistill_rag import PromptDistillEngine
+            from promptdistill_rag import DistillConfig, PromptDistillEngine
             from langchain_promptdistill import ChatPromptDistill
 
             engine = PromptDistillEngine.from_default()
-            chat = ChatPromptDistill(engine=engine, max_tokens=64)
+            # A token budget keeps prompts shorter than 512 tokens whole.
+            chat = ChatPromptDistill(engine=engine, max_tokens=64, distill_config=DistillConfig(keep=512))
             chat.invoke("What is the capital of France?").content
     """
 

@@ -109,9 +109,11 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
     Example:
         .. code-block:: python
 
+            from promptdistill_rag import DistillConfig
             from langchain_promptdistill import PromptDistillLLM
 
-            llm = PromptDistillLLM(max_tokens=32)  # loads the default model on first use
+            # Loads the default model on first use; prompts under 512 tokens stay whole.
+            llm = PromptDistillLLM(max_tokens=32, distill_config=DistillConfig(keep=512))
             llm.invoke("The capital of France is")
     """
 

@@ -97,8 +97,8 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
 
     Streaming and async:
         ``stream`` yields the engine's text pieces as it decodes, then an empty
-        string whose generation info holds the stats; joined, the pieces equal
-        ``invoke``'s text for a greedy call. The async methods run every model
+        string whose generation info carries the stats. Joined, the pieces
+        equal ``invoke``'s text for a greedy call. The async methods run every model
         step in a worker thread, so the event loop stays free.
 
     Output:

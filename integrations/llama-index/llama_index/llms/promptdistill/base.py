@@ -181,7 +181,8 @@ class PromptDistillLLM(CustomLLM):
         from llama_index.llms.promptdistill import PromptDistillLLM
 
         llm = PromptDistillLLM()  # SmolLM2-135M-Instruct, loaded on first use
-        print(llm.complete("What is the capital of France?"))
+        response = llm.complete(f"{documents}\n\nQuestion: {question}", query=question)
+        print(response.text, response.raw["stats"]["kept_tokens"])
         ```
 
     Limitations:
@@ -189,7 +190,10 @@ class PromptDistillLLM(CustomLLM):
         the model's position limit, which the prompt and ``max_new_tokens``
         share. Only what the template's ``query_str`` holds, or ``query=``, is
         the query; chat engines call ``chat`` directly, so their calls select
-        with the last token unless you pass ``query=``.
+        with the last token unless you pass ``query=``. With the engine's
+        default ``keep=0.25``, prompts under about 50 tokens raise a
+        ``ValueError`` (a quarter of them is fewer tokens than the engine always
+        keeps); use ``FullConfig()`` or a larger ``keep`` for short chats.
     """
 
     # Unknown constructor fields raise instead of being ignored.

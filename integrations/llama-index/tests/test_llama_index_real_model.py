@@ -121,8 +121,8 @@ def test_query_engine_one_distilled_call(real_engine, essay_nodes, llm_events, m
     assert stats["method"] == "promptdistill"
     assert stats["query_source"] == "query"
     assert stats["kept_tokens"][-1] < stats["prompt_tokens"]
-    kept = f"kept {stats['kept_tokens']} of {stats['prompt_tokens']} tokens"
-    assert ANSWER in answer.lower(), f"{kept}, answer {answer!r}"
+    selection = f"kept {stats['kept_tokens']} of {stats['prompt_tokens']} tokens"
+    assert ANSWER in answer.lower(), f"{selection}, answer {answer!r}"
 
 
 def test_chat_engine_plain_model_two_turns(real_engine):

@@ -94,7 +94,7 @@ def _unknown_key_message(kind: str, unknown: Sequence[str], accepted: Sequence[s
 
 
 # Engines loaded on first use, by model and loading keywords. While any LLM
-# holds an engine, other LLMs built with the same model_name and
+# references an engine, other LLMs built with the same model_name and
 # model_kwargs reuse it instead of loading the weights again.
 _ENGINES: weakref.WeakValueDictionary[str, PromptDistillEngine] = weakref.WeakValueDictionary()
 _ENGINES_LOCK = threading.Lock()
@@ -162,9 +162,9 @@ class PromptDistillLLM(CustomLLM):
     Prompt formatting:
         ``chat`` renders the messages with the tokenizer's chat template (or
         with ``messages_to_prompt`` when you pass one). ``complete`` and
-        ``stream_complete`` format alike: with ``formatted=True`` the string
-        goes to the model as it is; with ``formatted=False`` a
-        ``completion_to_prompt`` you passed formats it, and otherwise the chat
+        ``stream_complete`` format alike. With ``formatted=True`` the string
+        goes to the model as it is. With ``formatted=False``, a
+        ``completion_to_prompt`` you passed formats it; without one, the chat
         template wraps it as a user message, after ``system_prompt`` as a
         system message. ``is_chat_model`` defaults to whether the tokenizer has
         a chat template, so that LlamaIndex's ``predict`` sends chat messages.

@@ -366,12 +366,17 @@ async def pieces_in_thread(stream: GenerationStream) -> AsyncIterator[str]:
     early or is cancelled, the stream is closed: at once if no step is
     running, else as soon as the running step returns.
     """
+    loop = asyncio.get_running_loop()
     state = _PullState()
+    step: asyncio.Future[object] | None = None
     try:
         while True:
             with state.lock:
                 state.running = True
-            piece = await asyncio.to_thread(_pull, stream, state)
+            step = loop.run_in_executor(None, _pull, stream, state)
+            # shield() keeps a cancellation from dropping a step that has not
+            # started yet, because only a step that runs can close the stream.
+            piece = await asyncio.shield(step)
             if piece is _DONE:
                 return
             yield piece  # type: ignore[misc]
@@ -380,3 +385,12 @@ async def pieces_in_thread(stream: GenerationStream) -> AsyncIterator[str]:
             state.abandoned = True
             if not state.running:
                 stream.close()
+        if step is not None and not step.done():
+            step.add_done_callback(_discard_result)
+
+
+def _discard_result(step: asyncio.Future[object]) -> None:
+    # Retrieving the exception of an abandoned step keeps asyncio from
+    # logging "exception was never retrieved" for it.
+    if not step.cancelled():
+        step.exception()

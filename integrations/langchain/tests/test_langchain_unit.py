@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -634,6 +636,37 @@ def test_ainvoke_cancel_stops_generation(chat: ChatPromptDistill, counted_stream
 
     assert counted_streams[0].closed
     assert counted_streams[0].pieces < 200
+
+
+def test_cancel_before_step_starts_closes() -> None:
+    stream = CountingStream(iter(["first", "second"]))
+
+    async def scenario() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        gate = threading.Event()
+        # The only worker waits on the gate, so the stream's first step stays queued.
+        blocker = loop.run_in_executor(None, gate.wait)
+        pieces = common.pieces_in_thread(stream)
+        task = asyncio.create_task(pieces.__anext__())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        closed_while_queued = stream.closed
+        gate.set()
+        await blocker
+        for _ in range(200):
+            if stream.closed:
+                break
+            await asyncio.sleep(0.01)
+        return closed_while_queued, stream.closed
+
+    closed_while_queued, closed_after_step = asyncio.run(scenario())
+
+    assert not closed_while_queued
+    assert closed_after_step
+    assert stream.pieces == 1
 
 
 def test_identifying_and_tracing_params(tiny_engine: PromptDistillEngine) -> None:

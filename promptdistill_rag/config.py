@@ -158,11 +158,19 @@ class DistillConfig(_BaseConfig):
         signal: ``"softmax"`` averages attention probabilities; ``"logits"`` averages
             the raw scaled query-key products, as the paper does.
         head_reduction: How the scores of the attention heads are combined.
+        layer_scores: ``"selection"`` scores with the selection layer alone, as the
+            paper does; ``"cumulative"`` averages the scores of every layer since the
+            previous stage (or the first layer), each normalised to sum to 1 over
+            the unprotected tokens. Single layers of small models attend erratically;
+            the average is steadier.
         granularity: ``"token"`` ranks single tokens; ``"sentence"`` and ``"chunk"``
             rank whole sentences or whole chunks (the ``chunks`` passed to
-            ``generate``, else blank-line separated paragraphs) by the mean score
-            of their tokens and keep the best units whole, so that the model
-            reads complete text.
+            ``generate``, else blank-line separated paragraphs) by their tokens'
+            scores and keep the best units whole, so that the model reads
+            complete text.
+        unit_reduction: How a sentence's or chunk's token scores combine into the
+            unit's score: ``"max"`` lets one strongly attended token carry its
+            unit; ``"mean"`` favours units that are relevant throughout.
         sink_tokens: Tokens at the start of the prompt that are always kept.
         protected_suffix: Tokens at the end of the prompt that are always kept
             (the chat template's assistant header and the last token).
@@ -181,7 +189,9 @@ class DistillConfig(_BaseConfig):
     selector: Literal["query", "last_token"] = "query"
     signal: Literal["softmax", "logits"] = "softmax"
     head_reduction: Literal["mean", "max"] = "mean"
+    layer_scores: Literal["selection", "cumulative"] = "selection"
     granularity: Literal["token", "sentence", "chunk"] = "token"
+    unit_reduction: Literal["mean", "max"] = "mean"
     sink_tokens: Annotated[int, Field(ge=0)] = 4
     protected_suffix: Annotated[int, Field(ge=1)] = 8
 

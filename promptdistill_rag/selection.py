@@ -26,14 +26,19 @@ def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
     return pooled.view(-1)
 
 
-def unit_scores(scores: torch.Tensor, units: torch.Tensor, unit_count: int) -> torch.Tensor:
-    """Return each token's unit mean score: ``(k,)`` where every token carries its unit's mean.
+def unit_scores(scores: torch.Tensor, units: torch.Tensor, unit_count: int, reduction: str = "mean") -> torch.Tensor:
+    """Return ``(k,)`` scores where every token carries its unit's score (mean or max of the unit's tokens).
 
     Args:
         scores: ``(k,)`` token scores.
         units: ``(k,)`` unit index of each token (sentence, chunk), in ``[0, unit_count)``.
         unit_count: Number of units in the whole prompt.
+        reduction: ``"mean"`` or ``"max"``.
     """
+    if reduction == "max":
+        lowest = torch.full((unit_count,), float("-inf"), dtype=scores.dtype, device=scores.device)
+        maxima = lowest.scatter_reduce(0, units, scores, reduce="amax")
+        return maxima.index_select(0, units)
     sums = torch.zeros(unit_count, dtype=scores.dtype, device=scores.device).index_add_(0, units, scores)
     counts = torch.zeros(unit_count, dtype=scores.dtype, device=scores.device).index_add_(
         0, units, torch.ones_like(scores)
@@ -48,10 +53,11 @@ def select_top(
     protected: torch.Tensor,
     units: torch.Tensor | None = None,
     unit_count: int = 0,
+    unit_reduction: str = "mean",
 ) -> torch.Tensor:
     """Return the sorted indices of the ``keep`` best tokens, protected ones first.
 
-    With ``units``, whole units are ranked by their mean token score and taken
+    With ``units``, whole units are ranked by their tokens' scores and taken
     best first; the unit at the budget's edge contributes its best tokens.
     This is one ``topk`` on a combined key (unit score, then token score), so
     it stays on the device and has a static output shape.
@@ -62,6 +68,7 @@ def select_top(
         protected: ``(k,)`` bool, tokens that must be kept.
         units: Optional ``(k,)`` unit index of each token.
         unit_count: Number of units in the whole prompt (needed with ``units``).
+        unit_reduction: ``"mean"`` or ``"max"`` of a unit's token scores.
 
     Returns:
         ``(keep,)`` int64 indices in ascending order.
@@ -72,7 +79,7 @@ def select_top(
     """
     scores = scores.float()
     if units is not None:
-        means = unit_scores(scores, units, unit_count)
+        means = unit_scores(scores, units, unit_count, unit_reduction)
         # A token's unit rank is the number of tokens whose unit mean is lower:
         # equal for all tokens of a unit and at least one apart between units.
         # Adding the token's own score, scaled into [0, 0.5], orders tokens

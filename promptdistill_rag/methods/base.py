@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -11,7 +12,9 @@ import torch
 from ..prompt import PreparedPrompt
 from ..runtime import ForwardState, ModelRunner
 
-__all__ = ["Method", "PrefillResult", "protected_tokens"]
+__all__ = ["Method", "PrefillResult", "clamp_budget", "protected_tokens"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +56,43 @@ def protected_tokens(prepared: PreparedPrompt, *, sink: int = 0, suffix: int = 1
         for index in range(start, end):
             protected[index] = True
     return protected
+
+
+def clamp_budget(spec: int | float, keep: int, floor: int, length: int, what: str) -> int:
+    """Return ``keep`` raised to ``floor`` for a fractional budget; raise for a count below ``floor``.
+
+    A fraction is a budget meant for long prompts; on a short prompt it yields
+    to the tokens that must stay (with a warning) instead of failing. An
+    explicit count below them is a mistake worth an error.
+
+    Args:
+        spec: The budget as configured (int count or float fraction).
+        keep: The budget resolved for this prompt.
+        floor: Tokens the method always keeps.
+        length: Prompt tokens.
+        what: What the floor consists of, for messages.
+
+    Raises:
+        ValueError: If ``spec`` is an int below ``floor``.
+    """
+    if keep >= floor or keep >= length:
+        return keep
+    if isinstance(spec, int):
+        msg = (
+            f"keep={spec} is fewer than the {floor} tokens of this {length}-token prompt that are always "
+            f"kept ({what}); raise keep to at least {floor}"
+        )
+        raise ValueError(msg)
+    logger.warning(
+        "keep=%s is %d tokens of this %d-token prompt, fewer than the %d always kept (%s); keeping %d",
+        spec,
+        keep,
+        length,
+        floor,
+        what,
+        floor,
+    )
+    return floor
 
 
 class Method(ABC):

@@ -9,7 +9,7 @@ from ..prompt import PreparedPrompt
 from ..runtime import LayerObserver, StopForward
 from ..selection import pool_scores, select_top
 from ..selectors import LastTokenSelector
-from .base import Method, PrefillResult, protected_tokens
+from .base import Method, PrefillResult, clamp_budget, protected_tokens
 
 __all__ = ["GemFilterMethod"]
 
@@ -62,13 +62,7 @@ class GemFilterMethod(Method):
         length = len(prepared)
         protected = protected_tokens(prepared, sink=0, suffix=1)
         keep = resolve_keep(self.config.keep, length)
-        count = sum(protected)
-        if keep < length and keep < count:
-            msg = (
-                f"keep={self.config.keep!r} means {keep} tokens for this {length}-token prompt, fewer than "
-                f"the {count} tokens that are always kept (the query and the last token)"
-            )
-            raise ValueError(msg)
+        keep = clamp_budget(self.config.keep, keep, sum(protected), length, "the query and the last token")
         return keep, protected
 
     def check(self, prepared: PreparedPrompt) -> None:

@@ -12,7 +12,7 @@ from ..prompt import PreparedPrompt
 from ..runtime import ForwardState, LayerHooks, LayerObserver
 from ..selection import pool_scores, select_top
 from ..selectors import make_selector
-from .base import Method, PrefillResult, protected_tokens
+from .base import Method, PrefillResult, clamp_budget, protected_tokens
 
 __all__ = ["DistillPlan", "PromptDistillMethod"]
 
@@ -49,6 +49,16 @@ class _DistillObserver(LayerObserver):
         self.selector = method.selector
         self.state = state
         self.stage_keep = dict(plan.stages)
+        # Each layer scores for the next stage at or after it.
+        self.stage_of_layer: dict[int, int] = {}
+        previous = -1
+        for layer, _ in plan.stages:
+            first = previous + 1 if method.config.layer_scores == "cumulative" else layer
+            for scoring_layer in range(first, layer + 1):
+                self.stage_of_layer[scoring_layer] = layer
+            previous = layer
+        # A sum ranks like the mean, so the layer count is not needed.
+        self.score_sum: torch.Tensor | None = None
         self.current_index = torch.arange(protected.shape[0], device=protected.device)
         self.protected = protected
         self.units = units
@@ -57,8 +67,8 @@ class _DistillObserver(LayerObserver):
         self.pending: torch.Tensor | None = None
 
     def before_attention(self, state, layer, module, query, key) -> None:
-        keep = self.stage_keep.get(layer)
-        if keep is None:
+        stage_layer = self.stage_of_layer.get(layer)
+        if stage_layer is None:
             return
         scores = self.selector.score(
             query,
@@ -68,12 +78,27 @@ class _DistillObserver(LayerObserver):
             softcap=getattr(module, "attn_logit_softcapping", None),
         )
         device = scores.device
+        protected = self.protected.to(device)
+        if self.config.layer_scores == "cumulative":
+            # Normalised per layer so that no layer outweighs the others
+            # through the scale of its logits or the mass of its sinks.
+            scores = scores.masked_fill(protected, 0.0)
+            scores = scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)
+            if self.score_sum is not None:
+                scores = scores + self.score_sum.to(device)
+            self.score_sum = scores
+        if layer != stage_layer:
+            return
+        self.score_sum = None
+        keep = self.stage_keep[layer]
         if self.units is None:
             scores = pool_scores(scores, self.config.pooling_kernel)
             units = None
         else:
             units = self.units.to(device)
-        self.pending = select_top(scores, keep, self.protected.to(device), units, self.unit_count)
+        self.pending = select_top(
+            scores, keep, protected, units, self.unit_count, unit_reduction=self.config.unit_reduction
+        )
 
     def selection_hook(self, layer: int):
         def hook(module, args, output):
@@ -176,13 +201,13 @@ class PromptDistillMethod(Method):
                         current,
                     )
                 continue
-            if keep < protected:
-                msg = (
-                    f"keep={spec!r} means {keep} tokens for this {length}-token prompt, fewer than the "
-                    f"{protected} tokens that are always kept (the query, {self.config.sink_tokens} sink "
-                    f"tokens, {self.config.protected_suffix} suffix tokens); raise keep to at least {protected}"
-                )
-                raise ValueError(msg)
+            what = (
+                f"the query, {self.config.sink_tokens} sink tokens and {self.config.protected_suffix} "
+                "suffix tokens"
+            )
+            keep = clamp_budget(spec, keep, protected, length, what)
+            if keep >= current:
+                continue
             stages.append((layer, keep))
             current = keep
         return DistillPlan(stages=tuple(stages), protected_count=protected)

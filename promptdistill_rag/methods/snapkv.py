@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..config import SnapKVConfig, resolve_keep
 from ..prompt import PreparedPrompt
 from ..runtime import LayerObserver
-from .base import Method, PrefillResult
+from .base import Method, PrefillResult, clamp_budget
 from .kv_compression import gather_entries, kv_head_attention, stored_length
 
 __all__ = ["SnapKVMethod"]
@@ -78,12 +78,7 @@ class SnapKVMethod(Method):
         length = len(prepared)
         keep = resolve_keep(self.config.keep, length)
         window = min(self.config.window, length)
-        if keep < length and keep < window:
-            msg = (
-                f"keep={self.config.keep!r} means {keep} KV entries for this {length}-token prompt, fewer than "
-                f"the observation window of {window} entries that SnapKV always keeps; raise keep or lower window"
-            )
-            raise ValueError(msg)
+        keep = clamp_budget(self.config.keep, keep, window, length, f"SnapKV's observation window of {window}")
         return keep, window
 
     def check(self, prepared: PreparedPrompt) -> None:

@@ -6,7 +6,7 @@ import torch
 
 from ..config import TruncateConfig, resolve_keep
 from ..prompt import PreparedPrompt
-from .base import Method, PrefillResult
+from .base import Method, PrefillResult, clamp_budget
 
 __all__ = ["TruncateMethod", "truncate_indices"]
 
@@ -68,12 +68,13 @@ class TruncateMethod(Method):
     name = "truncate"
 
     def _keep(self, prepared: PreparedPrompt) -> int:
-        return resolve_keep(self.config.keep, len(prepared))
+        length = len(prepared)
+        keep = resolve_keep(self.config.keep, length)
+        fixed = length - len({index for run in _context_tokens(prepared) for index in run})
+        return clamp_budget(self.config.keep, keep, fixed, length, "instructions, question and chat template")
 
     def check(self, prepared: PreparedPrompt) -> None:
-        keep = self._keep(prepared)
-        if keep < len(prepared):
-            truncate_indices(prepared, keep)
+        self._keep(prepared)
 
     def prefill(self, prepared: PreparedPrompt, input_ids: torch.Tensor) -> PrefillResult:
         keep = self._keep(prepared)

@@ -49,16 +49,22 @@ def read_documents(paths: Sequence[str | Path]) -> list[Document]:
     return documents
 
 
-def default_corpus(count_tokens: Callable[[str], int], token_budget: int) -> list[Document]:
+def default_corpus(
+    count_tokens: Callable[[str], int], token_budget: int, *, max_document_tokens: int = 600
+) -> list[Document]:
     """Return Python documentation topics (``pydoc_data.topics``, shipped with CPython) filling ``token_budget`` tokens.
 
-    Topics are taken in name order; a topic that would overflow the budget is
-    skipped and smaller ones after it may still fit. The whole collection is
-    far larger (about 113,000 tokens with the default model's tokenizer).
+    Topics are taken in name order, and only those of at most
+    ``max_document_tokens`` tokens, so that the collection looks like many
+    retrieved chunks rather than a few long chapters. A topic that would
+    overflow the budget is skipped and smaller ones after it may still fit.
+    The whole collection is far larger (about 113,000 tokens with the default
+    model's tokenizer).
 
     Args:
         count_tokens: Returns a text's token count.
         token_budget: Tokens the documents may take together.
+        max_document_tokens: Longest topic to include.
     """
     from pydoc_data.topics import topics
 
@@ -67,7 +73,7 @@ def default_corpus(count_tokens: Callable[[str], int], token_budget: int) -> lis
     for name in sorted(topics):
         text = topics[name].strip()
         tokens = count_tokens(text) + 8  # the per-document header and separator
-        if used + tokens > token_budget:
+        if tokens > max_document_tokens or used + tokens > token_budget:
             continue
         documents.append(Document(title=name, text=text))
         used += tokens

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from .grid import BenchCase, run_grid
+from .presets import BenchConfig
 
 __all__ = [
     "DEFAULT_KEYWORDS",
@@ -15,8 +20,11 @@ __all__ = [
     "DEFAULT_QUESTION",
     "NeedleCase",
     "build_needle_case",
+    "check_lengths",
     "load_haystack",
+    "needle_cases",
     "needle_score",
+    "run_needle",
 ]
 
 DEFAULT_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -123,3 +131,90 @@ def needle_score(answer: str, keywords: Sequence[str] = DEFAULT_KEYWORDS) -> flo
     if not keywords:
         return 0.0
     return sum(1 for keyword in keywords if keyword.lower() in words) / len(keywords)
+
+
+def check_lengths(engine, lengths: Sequence[int], max_new_tokens: int) -> None:
+    """Raise ``ValueError`` unless every length is a positive int that fits the model with ``max_new_tokens``."""
+    if not lengths:
+        msg = "no context length given; pass at least one --lengths value in tokens"
+        raise ValueError(msg)
+    for length in lengths:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            msg = f"--lengths values must be positive token counts, got {length!r}"
+            raise ValueError(msg)
+    limit = engine.max_positions
+    too_long = [length for length in lengths if limit is not None and length + max_new_tokens > limit]
+    if too_long:
+        msg = (
+            f"--lengths {too_long[0]} plus {max_new_tokens} new tokens exceeds the model's {limit} positions; "
+            f"use lengths up to {limit - max_new_tokens}"
+        )
+        raise ValueError(msg)
+
+
+def needle_cases(
+    tokenizer: PreTrainedTokenizerBase,
+    haystack: str,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    *,
+    needle: str = DEFAULT_NEEDLE,
+    question: str = DEFAULT_QUESTION,
+    keywords: Sequence[str] = DEFAULT_KEYWORDS,
+) -> list[BenchCase]:
+    """Build one benchmark case per length and depth, lengths in the outer loop.
+
+    Raises:
+        ValueError: If a keyword does not occur in the needle (the score could
+            never reach 1), if a depth is outside ``[0, 1]``, or if the haystack is too short.
+    """
+    if not depths:
+        msg = "no depth given; pass at least one --depths value in [0, 1]"
+        raise ValueError(msg)
+    missing = [keyword for keyword in keywords if needle_score(needle, [keyword]) == 0.0]
+    if not keywords or missing:
+        msg = f"keywords {list(missing or keywords)} do not occur as words in the needle {needle!r}; pass --keywords from it"
+        raise ValueError(msg)
+    score = functools.partial(needle_score, keywords=tuple(keywords))
+    cases = []
+    for length in lengths:
+        for depth in depths:
+            case = build_needle_case(tokenizer, haystack, length, depth, needle=needle, question=question)
+            cases.append(
+                BenchCase(
+                    params={"context_tokens": length, "depth": depth},
+                    generate_kwargs={"prompt": case.messages, "query": case.query},
+                    score=score,
+                    target=needle,
+                )
+            )
+    return cases
+
+
+def run_needle(
+    engine,
+    configs: Sequence[BenchConfig],
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    haystack: str,
+    needle: str = DEFAULT_NEEDLE,
+    question: str = DEFAULT_QUESTION,
+    keywords: Sequence[str] = DEFAULT_KEYWORDS,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the needle grid (lengths x depths) with every config; one result row per run.
+
+    The row's ``score`` is ``needle_score`` of the answer and ``target_kept_share``
+    the share of the needle's tokens that selection kept.
+
+    Raises:
+        ValueError: On lengths over the model's positions, bad depths or
+            keywords, or a budget that a method cannot run.
+    """
+    check_lengths(engine, lengths, max_new_tokens)
+    cases = needle_cases(
+        engine.tokenizer, haystack, lengths, depths, needle=needle, question=question, keywords=keywords
+    )
+    return run_grid(engine, cases, configs, max_new_tokens=max_new_tokens, progress=progress, description="needle")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
@@ -10,10 +11,26 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..rag import RagPrompt, build_rag_prompt
+from .grid import BenchCase, run_grid
+from .presets import BenchConfig
 
-__all__ = ["QAItem", "RagCase", "build_rag_case", "is_correct", "load_nq", "normalize_answer"]
+__all__ = [
+    "POSITIONS",
+    "QAItem",
+    "RagCase",
+    "build_rag_case",
+    "is_correct",
+    "load_nq",
+    "normalize_answer",
+    "rag_cases",
+    "run_rag",
+]
+
+POSITIONS = ("first", "middle", "last")
+"""Where the gold passage can sit among the distractors."""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -115,3 +132,82 @@ def build_rag_case(
     order.insert(gold_index, item)
     prompt = build_rag_prompt(item.question, [x.passage for x in order], titles=[x.title for x in order])
     return RagCase(item=item, prompt=prompt, gold_index=gold_index)
+
+
+def _answer_score(answers: tuple[str, ...], output: str) -> float:
+    return 1.0 if is_correct(output, answers) else 0.0
+
+
+def rag_cases(
+    items: Sequence[QAItem],
+    *,
+    questions: int,
+    offset: int = 0,
+    distractors: int = 19,
+    positions: Sequence[str] = POSITIONS,
+) -> list[BenchCase]:
+    """Build a case for each of ``questions`` items from ``offset`` on, at each gold position.
+
+    Distractors come from all of ``items``, not only the benchmarked questions.
+
+    Raises:
+        ValueError: On a count or offset outside the data, a negative number of
+            distractors, or an unknown position.
+    """
+    if questions < 1:
+        msg = f"--questions must be at least 1, got {questions}"
+        raise ValueError(msg)
+    if offset < 0 or offset + questions > len(items):
+        msg = f"--offset {offset} with --questions {questions} needs {offset + questions} items, but the file has {len(items)}"
+        raise ValueError(msg)
+    if distractors < 0:
+        msg = f"--distractors must be 0 or more, got {distractors}"
+        raise ValueError(msg)
+    unknown = [position for position in positions if position not in POSITIONS]
+    if not positions or unknown:
+        msg = f"--positions must be some of {', '.join(POSITIONS)}, got {list(positions)}"
+        raise ValueError(msg)
+    cases = []
+    for index in range(offset, offset + questions):
+        for position in positions:
+            case = build_rag_case(items, index, distractors, position)
+            cases.append(
+                BenchCase(
+                    params={
+                        "question_index": index,
+                        "position": position,
+                        "gold_index": case.gold_index,
+                        "distractors": distractors,
+                        "question": case.item.question,
+                        "answers": list(case.item.answers),
+                    },
+                    generate_kwargs=case.prompt.generate_kwargs(),
+                    score=functools.partial(_answer_score, case.item.answers),
+                    target=("chunk", case.gold_index),
+                )
+            )
+    return cases
+
+
+def run_rag(
+    engine,
+    configs: Sequence[BenchConfig],
+    *,
+    items: Sequence[QAItem],
+    questions: int,
+    offset: int = 0,
+    distractors: int = 19,
+    positions: Sequence[str] = POSITIONS,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Answer every question at every gold position with every config; one result row per run.
+
+    The row's ``score`` is 1.0 when ``is_correct`` accepts the answer, and
+    ``target_kept_share`` the share of the gold passage's tokens that selection kept.
+
+    Raises:
+        ValueError: As ``rag_cases``, or when a prompt does not fit the model.
+    """
+    cases = rag_cases(items, questions=questions, offset=offset, distractors=distractors, positions=positions)
+    return run_grid(engine, cases, configs, max_new_tokens=max_new_tokens, progress=progress, description="rag")

@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--progress", action="store_true", help="show the prefill progress bar even when stderr is not a terminal")
     ask.set_defaults(handler=cmd_ask)
 
+    from .bench.cli import add_bench_commands
+
+    add_bench_commands(commands)
     return parser
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -317,9 +317,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     _finish(args, engine, "calibrate", calibration.rows, summary, calibration_table(calibration), [], started)
     print()
     if calibration.recommended is None:
-        logger.error(
-            "no candidate reached the full model's needle score of %.3f; try later --layers or larger --keeps",
-            calibration.full_score,
+        print(
+            f"promptdistill calibrate: no candidate reached the full model's needle score of "
+            f"{calibration.full_score:.3f}; try later --layers or larger --keeps",
+            file=sys.stderr,
         )
         return 1
     print(calibration.recommended.model_dump_json())

@@ -70,8 +70,8 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Hide a sentence at several depths of texts of several lengths and score each answer by the share "
             "of the needle's key words it contains. Writes needle.json, needle.csv and one heatmap per method "
-            "and budget. The default run (3 lengths x 5 depths, 6 methods at one budget) takes about "
-            "25 minutes on 2 CPU cores with SmolLM2-135M."
+            "and budget. Expect the default run (3 lengths x 5 depths, 6 methods at one budget) to take "
+            "about 11 minutes on 2 idle CPU cores with SmolLM2-135M (an estimate from measured CPU time)."
         ),
     )
     _add_common(needle, "needle")
@@ -89,13 +89,14 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Put each question's gold passage among other questions' gold passages, at the first, middle and "
             "last position, and count answers that contain an accepted answer. Writes rag.json, rag.csv and "
-            "rag_accuracy.png. The default run (20 questions x 3 positions, 19 distractors, 6 methods at one "
-            "budget) takes about 25 minutes on 2 CPU cores with SmolLM2-135M."
+            "rag_accuracy.png. Expect the default run (5 questions x 3 positions, 19 distractors, about 2,700 "
+            "tokens, 6 methods at one budget) to take about 11 minutes on 2 idle CPU cores with SmolLM2-135M "
+            "(an estimate from measured CPU time)."
         ),
     )
     _add_common(rag, "rag")
     rag.add_argument("--data", required=True, metavar="PATH", help="the nq-open-oracle JSON-lines file (.jsonl or .jsonl.gz)")
-    rag.add_argument("--questions", type=int, default=20, help="questions to ask (default: %(default)s)")
+    rag.add_argument("--questions", type=int, default=5, help="questions to ask (default: %(default)s)")
     rag.add_argument("--offset", type=int, default=0, help="index of the first question in the file (default: %(default)s)")
     rag.add_argument("--distractors", type=int, default=19, help="other passages around the gold one (default: %(default)s)")
     rag.add_argument(
@@ -111,8 +112,8 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
             "Measure time to first token, decode time per token, KV cache bytes after prefill, peak memory "
             "(CUDA peak allocation, or peak resident set growth on CPU), the selection step's own time and the "
             "ideal prefill time of each configuration, as median with min and max over --repeats. Writes "
-            "speed.json, speed.csv and speed_prefill.png. The default run takes about 25 minutes on 2 CPU cores "
-            "with SmolLM2-135M."
+            "speed.json, speed.csv and speed_prefill.png. Expect the default run to take about 12 minutes on "
+            "2 idle CPU cores with SmolLM2-135M (an estimate from measured CPU time)."
         ),
     )
     _add_common(speed, "speed")
@@ -120,8 +121,12 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         "--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192], metavar="TOKENS",
         help="prompt lengths in tokens, clipped to the model's positions (default: %(default)s)",
     )
-    speed.add_argument("--warmup", type=int, default=1, help="unmeasured rounds per length (default: %(default)s)")
-    speed.add_argument("--repeats", type=int, default=3, help="measured rounds per length (default: %(default)s)")
+    speed.add_argument(
+        "--warmup", type=int, default=1, help="unmeasured rounds of every method on the shortest prompt (default: %(default)s)"
+    )
+    speed.add_argument(
+        "--repeats", type=int, default=2, help="measured rounds per length; raise it on a GPU, where runs are short (default: %(default)s)"
+    )
     speed.add_argument("--decode-tokens", type=int, default=16, help="decoding steps timed after the first token (default: %(default)s)")
     speed.add_argument(
         "--haystack-dir", metavar="DIR", help="folder of .txt files for the prompts (default: Python's documentation topics)"
@@ -143,8 +148,9 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Run a short Needle-in-a-Haystack sweep with the full model and PromptDistill at every candidate "
             "layer and budget, print the table and the recommended config as JSON (the last line of the output). "
-            "Exits with status 1 when no candidate reaches the full model's score. The default sweep (1 length x "
-            "3 depths x 15 candidates) takes about 10 minutes on 2 CPU cores with SmolLM2-135M."
+            "Exits with status 1 when no candidate reaches the full model's score. Expect the default sweep "
+            "(1 length x 3 depths x 15 candidates) to take about 4 minutes on 2 idle CPU cores with "
+            "SmolLM2-135M (an estimate from measured CPU time)."
         ),
     )
     _add_common(calibrate, "calibrate", budgets=False)

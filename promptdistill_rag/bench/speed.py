@@ -321,23 +321,24 @@ def run_speed(
     lengths: Sequence[int],
     haystack: str,
     warmup: int = 1,
-    repeats: int = 3,
+    repeats: int = 2,
     decode_tokens: int = 16,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Measure every config at every length, plus the layer costs behind the ideal prefill times.
 
-    For each length the configs take turns: ``warmup`` unmeasured rounds, then
-    ``repeats`` measured rounds, so slow drift of the machine affects every
-    method alike. Then the full model's prefill is timed (same warmup and
-    repeats) on each kept-token count that a selecting method reached.
+    First every config runs ``warmup`` unmeasured rounds on the shortest
+    prompt, which loads code paths and kernels once. Then, for each length,
+    the configs take turns for ``repeats`` measured rounds, so slow drift of
+    the machine affects every method alike, and the full model's prefill is
+    timed ``repeats`` times on each kept-token count that a selecting method reached.
 
     Args:
         engine: The engine to measure.
         configs: Configs from ``bench_configs``; one must be ``full``.
         lengths: Requested prompt lengths in tokens (see ``clip_lengths``).
         haystack: Text for the needle prompts (the needle sits at depth 0.5).
-        warmup: Unmeasured rounds per length.
+        warmup: Unmeasured rounds on the shortest prompt.
         repeats: Measured rounds per length.
         decode_tokens: Decoding steps per call after the first token.
         progress: Show a progress bar on stderr.
@@ -371,20 +372,26 @@ def run_speed(
             methods.append(method)
         prompts.append((length, prepared, methods))
 
-    rounds = warmup + repeats
-    bar = tqdm(total=len(lengths) * len(configs) * rounds, desc="speed", unit="call", file=sys.stderr, disable=not progress)
+    shortest = min(prompts, key=lambda prompt: len(prompt[1]))
+    total = (warmup + len(lengths) * repeats) * len(configs)
+    bar = tqdm(total=total, desc="speed", unit="call", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
     costs: list[dict[str, Any]] = []
     try:
+        _, prepared, methods = shortest
+        input_ids = _input_ids(engine, prepared)
+        for _ in range(warmup):
+            for config, method in zip(configs, methods):
+                bar.set_postfix_str(f"warmup, {config.label}", refresh=False)
+                _measure_call(engine, method, prepared, input_ids, decode_tokens, meter, clock)
+                bar.update(1)
         for length, prepared, methods in prompts:
             input_ids = _input_ids(engine, prepared)
-            for round_index in range(rounds):
+            for repeat in range(repeats):
                 for config, method in zip(configs, methods):
                     bar.set_postfix_str(f"{len(prepared)} tokens, {config.label}", refresh=False)
                     measured = _measure_call(engine, method, prepared, input_ids, decode_tokens, meter, clock)
                     bar.update(1)
-                    if round_index < warmup:
-                        continue
                     rows.append(
                         {
                             "length": length,
@@ -392,18 +399,18 @@ def run_speed(
                             "method": config.method,
                             "keep": format_keep(config.keep),
                             "label": config.label,
-                            "repeat": round_index - warmup,
+                            "repeat": repeat,
                             **measured,
                             "config": config.config.model_dump(),
                         }
                     )
-            costs.extend(_layer_costs(engine, rows, length, len(prepared), input_ids, warmup, repeats, bar))
+            costs.extend(_layer_costs(engine, rows, length, len(prepared), input_ids, repeats, bar))
     finally:
         bar.close()
     return rows, costs
 
 
-def _layer_costs(engine, rows, length, prompt_tokens, input_ids, warmup, repeats, bar) -> list[dict[str, Any]]:
+def _layer_costs(engine, rows, length, prompt_tokens, input_ids, repeats, bar) -> list[dict[str, Any]]:
     full_times = [row["prefill_seconds"] for row in rows if row["length"] == length and row["method"] == "full"]
     counts = sorted(
         {
@@ -414,19 +421,17 @@ def _layer_costs(engine, rows, length, prompt_tokens, input_ids, warmup, repeats
             if kept < prompt_tokens
         }
     )
-    bar.total += len(counts) * (warmup + repeats)
+    bar.total += len(counts) * repeats
     bar.refresh()
     # The full model's own prefill on the whole prompt gives cost(n); its
     # measured/ideal ratio is therefore 1 by construction.
     costs = [_cost_row(length, prompt_tokens, prompt_tokens, full_times, engine.num_layers)]
     for tokens in counts:
         times = []
-        for round_index in range(warmup + repeats):
+        for _ in range(repeats):
             bar.set_postfix_str(f"layer cost on {tokens} tokens", refresh=False)
-            seconds = _time_full_forward(engine, input_ids, tokens)
+            times.append(_time_full_forward(engine, input_ids, tokens))
             bar.update(1)
-            if round_index >= warmup:
-                times.append(seconds)
         costs.append(_cost_row(length, prompt_tokens, tokens, times, engine.num_layers))
     return costs
 

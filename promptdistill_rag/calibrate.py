@@ -58,9 +58,7 @@ class Calibration:
     rows: list[dict[str, Any]]
 
 
-def calibration_configs(
-    engine, layers: Sequence[LayerSpec], keeps: Sequence[KeepSpec]
-) -> list[BenchConfig]:
+def calibration_configs(engine, layers: Sequence[LayerSpec], keeps: Sequence[KeepSpec]) -> list[BenchConfig]:
     """Build ``full`` and one single-stage PromptDistill config per distinct layer and budget.
 
     The other fields come from the engine's default ``DistillConfig``. Layers

@@ -26,12 +26,20 @@ _METHODS_HELP = (
 
 
 def _add_common(parser: argparse.ArgumentParser, command: str, *, budgets: bool = True) -> None:
-    parser.add_argument("--model", metavar="ID_OR_PATH", help="a Hugging Face model id or local path (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model",
+        metavar="ID_OR_PATH",
+        help="a Hugging Face model id or local path (default: the embedded SmolLM2-135M-Instruct)",
+    )
     if budgets:
         parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, metavar="METHOD", help=_METHODS_HELP)
         parser.add_argument("--keep", nargs="+", type=parse_number, default=[0.25], metavar="KEEP", help=_KEEP_HELP)
     parser.add_argument(
-        "--out", type=Path, default=Path("bench-results") / command, metavar="DIR", help="folder for the JSON, CSV and PNG files (default: %(default)s)"
+        "--out",
+        type=Path,
+        default=Path("bench-results") / command,
+        metavar="DIR",
+        help="folder for the JSON, CSV and PNG files (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -40,7 +48,9 @@ def _add_needle_text(parser: argparse.ArgumentParser) -> None:
     from .needle import DEFAULT_KEYWORDS, DEFAULT_NEEDLE, DEFAULT_QUESTION
 
     parser.add_argument(
-        "--haystack-dir", metavar="DIR", help="folder of .txt files to hide the needle in (default: Python's documentation topics)"
+        "--haystack-dir",
+        metavar="DIR",
+        help="folder of .txt files to hide the needle in (default: Python's documentation topics)",
     )
     parser.add_argument("--needle", default=DEFAULT_NEEDLE, help="the sentence to hide (default: %(default)r)")
     parser.add_argument("--question", default=DEFAULT_QUESTION, help="the question about it (default: %(default)r)")
@@ -53,7 +63,7 @@ def _add_needle_text(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``bench`` (with ``needle``, ``rag`` and ``speed``) and ``calibrate`` on the main parser's subcommands."""
+    """Register ``bench`` (with ``needle``, ``rag`` and ``speed``) and ``calibrate`` as subcommands."""
     bench = commands.add_parser(
         "bench",
         help="compare methods on Needle-in-a-Haystack, RAG question answering and speed",
@@ -75,12 +85,26 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add_common(needle, "needle")
-    needle.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096], metavar="TOKENS", help="context lengths in tokens (default: %(default)s)")
     needle.add_argument(
-        "--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="FRACTION", help="needle depths in [0, 1] (default: %(default)s)"
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[1024, 2048, 4096],
+        metavar="TOKENS",
+        help="context lengths in tokens (default: %(default)s)",
+    )
+    needle.add_argument(
+        "--depths",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        metavar="FRACTION",
+        help="needle depths in [0, 1] (default: %(default)s)",
     )
     _add_needle_text(needle)
-    needle.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)")
+    needle.add_argument(
+        "--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)"
+    )
     needle.set_defaults(handler=cmd_bench_needle)
 
     rag = suites.add_parser(
@@ -95,14 +119,26 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add_common(rag, "rag")
-    rag.add_argument("--data", required=True, metavar="PATH", help="the nq-open-oracle JSON-lines file (.jsonl or .jsonl.gz)")
-    rag.add_argument("--questions", type=int, default=5, help="questions to ask (default: %(default)s)")
-    rag.add_argument("--offset", type=int, default=0, help="index of the first question in the file (default: %(default)s)")
-    rag.add_argument("--distractors", type=int, default=19, help="other passages around the gold one (default: %(default)s)")
     rag.add_argument(
-        "--positions", nargs="+", default=["first", "middle", "last"], metavar="POSITION", help="gold passage positions: first, middle, last (default: %(default)s)"
+        "--data", required=True, metavar="PATH", help="the nq-open-oracle JSON-lines file (.jsonl or .jsonl.gz)"
     )
-    rag.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)")
+    rag.add_argument("--questions", type=int, default=5, help="questions to ask (default: %(default)s)")
+    rag.add_argument(
+        "--offset", type=int, default=0, help="index of the first question in the file (default: %(default)s)"
+    )
+    rag.add_argument(
+        "--distractors", type=int, default=19, help="other passages around the gold one (default: %(default)s)"
+    )
+    rag.add_argument(
+        "--positions",
+        nargs="+",
+        default=["first", "middle", "last"],
+        metavar="POSITION",
+        help="gold passage positions: first, middle, last (default: %(default)s)",
+    )
+    rag.add_argument(
+        "--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)"
+    )
     rag.set_defaults(handler=cmd_bench_rag)
 
     speed = suites.add_parser(
@@ -118,18 +154,35 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     )
     _add_common(speed, "speed")
     speed.add_argument(
-        "--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 8192], metavar="TOKENS",
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[1024, 2048, 4096, 8192],
+        metavar="TOKENS",
         help="prompt lengths in tokens, clipped to the model's positions (default: %(default)s)",
     )
     speed.add_argument(
-        "--warmup", type=int, default=1, help="unmeasured rounds of every method on the shortest prompt (default: %(default)s)"
+        "--warmup",
+        type=int,
+        default=1,
+        help="unmeasured rounds of every method on the shortest prompt (default: %(default)s)",
     )
     speed.add_argument(
-        "--repeats", type=int, default=2, help="measured rounds per length; raise it on a GPU, where runs are short (default: %(default)s)"
+        "--repeats",
+        type=int,
+        default=2,
+        help="measured rounds per length; raise it on a GPU, where runs are short (default: %(default)s)",
     )
-    speed.add_argument("--decode-tokens", type=int, default=16, help="decoding steps timed after the first token (default: %(default)s)")
     speed.add_argument(
-        "--haystack-dir", metavar="DIR", help="folder of .txt files for the prompts (default: Python's documentation topics)"
+        "--decode-tokens",
+        type=int,
+        default=16,
+        help="decoding steps timed after the first token (default: %(default)s)",
+    )
+    speed.add_argument(
+        "--haystack-dir",
+        metavar="DIR",
+        help="folder of .txt files for the prompts (default: Python's documentation topics)",
     )
     speed.add_argument(
         "--random-weights",
@@ -154,27 +207,56 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add_common(calibrate, "calibrate", budgets=False)
-    calibrate.add_argument("--lengths", nargs="+", type=int, default=[2048], metavar="TOKENS", help="context lengths in tokens (default: %(default)s)")
-    calibrate.add_argument("--depths", nargs="+", type=float, default=[0.1, 0.5, 0.9], metavar="FRACTION", help="needle depths in [0, 1] (default: %(default)s)")
     calibrate.add_argument(
-        "--layers", nargs="+", type=parse_number, default=[0.3, 0.4, 0.5, 0.6, 0.7], metavar="LAYER",
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[2048],
+        metavar="TOKENS",
+        help="context lengths in tokens (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--depths",
+        nargs="+",
+        type=float,
+        default=[0.1, 0.5, 0.9],
+        metavar="FRACTION",
+        help="needle depths in [0, 1] (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--layers",
+        nargs="+",
+        type=parse_number,
+        default=[0.3, 0.4, 0.5, 0.6, 0.7],
+        metavar="LAYER",
         help="candidate selection layers: int indices or float fractions of the depth (default: %(default)s)",
     )
     calibrate.add_argument(
-        "--keeps", nargs="+", type=parse_number, default=[0.5, 0.25, 0.15], metavar="KEEP",
+        "--keeps",
+        nargs="+",
+        type=parse_number,
+        default=[0.5, 0.25, 0.15],
+        metavar="KEEP",
         help="candidate budgets: int token counts or float fractions of the prompt (default: %(default)s)",
     )
     calibrate.add_argument(
-        "--tolerance", type=float, default=0.0, help="how far below the full model's mean score a candidate may fall and pass (default: %(default)s)"
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="how far below the full model's mean score a candidate may fall and pass (default: %(default)s)",
     )
     _add_needle_text(calibrate)
-    calibrate.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)")
+    calibrate.add_argument(
+        "--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)"
+    )
     calibrate.set_defaults(handler=cmd_calibrate)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     skip = {"handler", "command", "suite", "verbose"}
-    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key not in skip}
+    return {
+        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key not in skip
+    }
 
 
 def _needle_options(args: argparse.Namespace) -> None:
@@ -293,7 +375,9 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     )
     summary = speed_summary(rows, costs, engine.num_layers)
     plot = speed_chart(summary, args.out)
-    _finish(args, engine, "speed", rows, {"configs": summary, "layer_costs": costs}, speed_table(summary), [plot], started)
+    _finish(
+        args, engine, "speed", rows, {"configs": summary, "layer_costs": costs}, speed_table(summary), [plot], started
+    )
     return 0
 
 

@@ -42,7 +42,9 @@ def text_token_span(prepared: PreparedPrompt, text: str) -> tuple[int, int] | No
     if start_char < 0:
         return None
     end_char = start_char + len(text)
-    tokens = [i for i, (start, end) in enumerate(prepared.offsets) if end > start_char and start < end_char and end > start]
+    tokens = [
+        i for i, (start, end) in enumerate(prepared.offsets) if end > start_char and start < end_char and end > start
+    ]
     if not tokens:
         return None
     return tokens[0], tokens[-1] + 1
@@ -74,7 +76,9 @@ def _target_span(prepared: PreparedPrompt, target) -> tuple[int, int] | None:
     return text_token_span(prepared, target)
 
 
-def check_cases(engine, cases: Sequence[BenchCase], configs: Sequence[BenchConfig], max_new_tokens: int) -> list[PreparedPrompt]:
+def check_cases(
+    engine, cases: Sequence[BenchCase], configs: Sequence[BenchConfig], max_new_tokens: int
+) -> list[PreparedPrompt]:
     """Tokenize every case and check it against the model's length limit and every config's budget.
 
     This runs before any forward pass, so a bad budget or an oversized prompt

@@ -26,8 +26,8 @@ def random_weight_engine(model: str | None = None, config_json: str | None = Non
     """Build an engine around an architecture with random weights, for speed and memory measurements only.
 
     The config comes from ``config_json`` (a ``config.json`` file), else from
-    ``model`` (a local checkpoint folder or a Hub id; only its config is
-    read), else from the default model. The model is built on the GPU in
+    ``model`` (a local checkpoint folder or a Hub id, of which only the config
+    is read), else from the default model. The model is built on the GPU in
     bfloat16 when one is available, else on the CPU in float32, with SDPA
     attention. The tokenizer is the default model's, so its ids may exceed
     the architecture's vocabulary: callers clip them (``vocab_size``).
@@ -57,7 +57,8 @@ def random_weight_engine(model: str | None = None, config_json: str | None = Non
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     logger.warning(
-        "Building %s (%s, %d layers) with random weights on %s in %s: answers are meaningless, only times and memory count",
+        "Building %s (%s, %d layers) with random weights on %s in %s: the generated text is noise, "
+        "only times and memory are meaningful",
         source,
         config.model_type,
         config.num_hidden_layers,

@@ -173,7 +173,10 @@ def needle_cases(
         raise ValueError(msg)
     missing = [keyword for keyword in keywords if needle_score(needle, [keyword]) == 0.0]
     if not keywords or missing:
-        msg = f"keywords {list(missing or keywords)} do not occur as words in the needle {needle!r}; pass --keywords from it"
+        msg = (
+            f"keywords {list(missing or keywords)} do not occur as words in the needle {needle!r}; "
+            "pass --keywords from it"
+        )
         raise ValueError(msg)
     score = functools.partial(needle_score, keywords=tuple(keywords))
     cases = []

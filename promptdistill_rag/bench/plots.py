@@ -87,7 +87,8 @@ def rag_bar_chart(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
     labels = _labels(rows)
     means = mean_by(rows, ["label", "position"], "score")
     width = 0.8 / max(1, len(labels))
-    figure = Figure(figsize=(max(6.0, 1.2 * len(positions) * max(1, len(labels)) * 0.5 + 3), 4.5))
+    bar_count = len(positions) * max(1, len(labels))
+    figure = Figure(figsize=(max(6.0, 0.35 * bar_count + 2.0), 4.5))
     axes = figure.add_subplot()
     for number, label in enumerate(labels):
         xs = [index + (number - (len(labels) - 1) / 2) * width for index in range(len(positions))]
@@ -115,7 +116,9 @@ def speed_chart(summary: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
     for label in _labels(summary):
-        points = sorted((row["prompt_tokens"], row["prefill_seconds_median"]) for row in summary if row["label"] == label)
+        points = sorted(
+            (row["prompt_tokens"], row["prefill_seconds_median"]) for row in summary if row["label"] == label
+        )
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
     axes.set_xlabel("prompt tokens")
     axes.set_ylabel("prefill seconds (median)")

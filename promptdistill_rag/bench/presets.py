@@ -33,7 +33,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MethodPreset:
-    """How one method's config is built for a benchmark.
+    """A method's benchmark recipe: the function that builds its config from a budget.
 
     Attributes:
         name: The method name (``config.method``).

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 POSITIONS = ("first", "middle", "last")
-"""Where the gold passage can sit among the distractors."""
+"""Gold passage positions among the distractors."""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -158,7 +158,10 @@ def rag_cases(
         msg = f"--questions must be at least 1, got {questions}"
         raise ValueError(msg)
     if offset < 0 or offset + questions > len(items):
-        msg = f"--offset {offset} with --questions {questions} needs {offset + questions} items, but the file has {len(items)}"
+        msg = (
+            f"--offset {offset} with --questions {questions} needs {offset + questions} items, "
+            f"but the file has {len(items)}"
+        )
         raise ValueError(msg)
     if distractors < 0:
         msg = f"--distractors must be 0 or more, got {distractors}"

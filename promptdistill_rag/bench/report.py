@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,24 @@ __all__ = [
 
 # Per-token lists that would make every CSV row thousands of cells long; the JSON keeps them.
 _JSON_ONLY = ("kept_indices",)
+
+
+def _git_commit() -> str | None:
+    # Only a source checkout has one; an installed package returns None.
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
 
 
 def run_metadata(engine, command: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +78,7 @@ def run_metadata(engine, command: str, settings: dict[str, Any]) -> dict[str, An
         "machine": machine,
         "versions": {
             "promptdistill_rag": __version__,
+            "git_commit": _git_commit(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
@@ -139,7 +159,9 @@ def format_ratio(value: float | None) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Return a plain-text table with aligned columns (numbers right-aligned)."""
-    cells = [[str(header) for header in headers]] + [["" if cell is None else str(cell) for cell in row] for row in rows]
+    cells = [[str(header) for header in headers]] + [
+        ["" if cell is None else str(cell) for cell in row] for row in rows
+    ]
     widths = [max(len(row[index]) for row in cells) for index in range(len(headers))]
     numeric = [
         all(_looks_numeric(row[index]) for row in cells[1:] if row[index]) and len(cells) > 1
@@ -147,7 +169,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     ]
     lines = []
     for number, row in enumerate(cells):
-        parts = [cell.rjust(width) if numeric[i] else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))]
+        parts = [
+            cell.rjust(width) if numeric[i] else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))
+        ]
         lines.append("  ".join(parts).rstrip())
         if number == 0:
             lines.append("  ".join("-" * width for width in widths))

@@ -1,10 +1,10 @@
 """Speed and memory of every method at several prompt lengths, with the ideal prefill time of each.
 
 A measured call runs a method's prefill and then a fixed number of decoding
-steps, driven here rather than through ``engine.generate`` so that every
-call decodes the same number of tokens (EOS is ignored) and token ids can be
-clipped to a random-weight model's vocabulary. The steps are the engine's own:
-``Method.prefill``, then ``ModelRunner.forward`` one token at a time.
+steps, with EOS ignored. This module drives the engine's own steps
+(``Method.prefill``, then ``ModelRunner.forward`` one token at a time) rather
+than calling ``engine.generate``. That way every call decodes the same number
+of tokens, and token ids can be clipped to a random-weight model's vocabulary.
 
 The ideal prefill time is what a configuration would cost if dropping
 tokens were free: ``cost(x)``, the time of one decoder layer on ``x`` tokens,
@@ -352,7 +352,9 @@ def run_speed(
     from tqdm.auto import tqdm
 
     if warmup < 0 or repeats < 1 or decode_tokens < 1:
-        msg = f"need --warmup >= 0, --repeats >= 1 and --decode-tokens >= 1, got {warmup}, {repeats} and {decode_tokens}"
+        msg = (
+            f"need --warmup >= 0, --repeats >= 1 and --decode-tokens >= 1, got {warmup}, {repeats} and {decode_tokens}"
+        )
         raise ValueError(msg)
     if not any(config.method == "full" for config in configs):
         msg = "the speed benchmark needs the full config as its reference"
@@ -451,7 +453,9 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def speed_summary(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]], num_layers: int) -> list[dict[str, Any]]:
+def speed_summary(
+    rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]], num_layers: int
+) -> list[dict[str, Any]]:
     """Summarize the runs per length and config: medians, min and max, ratios to ``full`` and to the ideal."""
     cost_table = {(row["length"], row["tokens"]): row["layer_seconds"] for row in costs}
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -469,7 +473,12 @@ def speed_summary(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]
             return cost_table.get((length, tokens), float("nan"))
 
         ideal = ideal_prefill_seconds(
-            first["method"], first["prompt_tokens"], first["selection_layers"], first["kept_tokens"], num_layers, layer_cost
+            first["method"],
+            first["prompt_tokens"],
+            first["selection_layers"],
+            first["kept_tokens"],
+            num_layers,
+            layer_cost,
         )
         if ideal is not None and math.isnan(ideal):
             ideal = None
@@ -500,7 +509,9 @@ def speed_summary(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]
         if reference is None:
             continue
         entry["prefill_vs_full"] = ratio(entry["prefill_seconds_median"], reference["prefill_seconds_median"])
-        entry["decode_vs_full"] = ratio(entry["decode_seconds_per_token_median"], reference["decode_seconds_per_token_median"])
+        entry["decode_vs_full"] = ratio(
+            entry["decode_seconds_per_token_median"], reference["decode_seconds_per_token_median"]
+        )
         entry["kv_cache_vs_full"] = ratio(entry["kv_cache_bytes"], reference["kv_cache_bytes"])
         entry["peak_memory_vs_full"] = ratio(
             entry["peak_memory_growth_bytes_median"], reference["peak_memory_growth_bytes_median"]
@@ -533,7 +544,8 @@ def speed_table(summary: Sequence[dict[str, Any]]) -> str:
                 entry["prompt_tokens"],
                 entry["method"],
                 entry["keep"] or "-",
-                f"{entry['prefill_seconds_median']:.3f} ({entry['prefill_seconds_min']:.3f}-{entry['prefill_seconds_max']:.3f})",
+                f"{entry['prefill_seconds_median']:.3f} "
+                f"({entry['prefill_seconds_min']:.3f}-{entry['prefill_seconds_max']:.3f})",
                 format_ratio(entry.get("prefill_vs_full")),
                 "n/a" if ideal is None else f"{ideal:.3f}",
                 format_ratio(entry["measured_over_ideal"]),

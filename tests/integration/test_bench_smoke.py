@@ -20,8 +20,18 @@ def read_csv(path):
 
 def test_bench_needle_smoke(data_dir, tmp_path, capsys):
     argv = [
-        "bench", "needle", "--haystack-dir", str(data_dir / "paul_graham_essays"), "--lengths", "300",
-        "--depths", "0.5", "--keep", "0.5", "--out", str(tmp_path),
+        "bench",
+        "needle",
+        "--haystack-dir",
+        str(data_dir / "paul_graham_essays"),
+        "--lengths",
+        "300",
+        "--depths",
+        "0.5",
+        "--keep",
+        "0.5",
+        "--out",
+        str(tmp_path),
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -37,9 +47,23 @@ def test_bench_needle_smoke(data_dir, tmp_path, capsys):
 
 def test_bench_rag_smoke(data_dir, tmp_path, capsys):
     argv = [
-        "bench", "rag", "--data", str(data_dir / "nq_open" / "nq-open-oracle-dev.jsonl.gz"), "--questions", "2",
-        "--distractors", "2", "--positions", "first", "--methods", "promptdistill", "truncate", "--keep", "0.5",
-        "--out", str(tmp_path),
+        "bench",
+        "rag",
+        "--data",
+        str(data_dir / "nq_open" / "nq-open-oracle-dev.jsonl.gz"),
+        "--questions",
+        "2",
+        "--distractors",
+        "2",
+        "--positions",
+        "first",
+        "--methods",
+        "promptdistill",
+        "truncate",
+        "--keep",
+        "0.5",
+        "--out",
+        str(tmp_path),
     ]
     assert main(argv) == 0
     assert "accuracy" in capsys.readouterr().out.splitlines()[0]
@@ -52,8 +76,23 @@ def test_bench_rag_smoke(data_dir, tmp_path, capsys):
 
 def test_bench_speed_smoke(tmp_path, capsys):
     argv = [
-        "bench", "speed", "--lengths", "300", "--warmup", "0", "--repeats", "1", "--decode-tokens", "2",
-        "--methods", "promptdistill", "snapkv", "--keep", "0.5", "--out", str(tmp_path),
+        "bench",
+        "speed",
+        "--lengths",
+        "300",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--decode-tokens",
+        "2",
+        "--methods",
+        "promptdistill",
+        "snapkv",
+        "--keep",
+        "0.5",
+        "--out",
+        str(tmp_path),
     ]
     assert main(argv) == 0
     assert "meas/ideal" in capsys.readouterr().out.splitlines()[0]
@@ -68,8 +107,18 @@ def test_bench_speed_smoke(tmp_path, capsys):
 
 def test_calibrate_smoke(tmp_path, capsys):
     argv = [
-        "calibrate", "--lengths", "300", "--depths", "0.5", "--layers", "0.5", "0.7", "--keeps", "0.5",
-        "--out", str(tmp_path),
+        "calibrate",
+        "--lengths",
+        "300",
+        "--depths",
+        "0.5",
+        "--layers",
+        "0.5",
+        "0.7",
+        "--keeps",
+        "0.5",
+        "--out",
+        str(tmp_path),
     ]
     status = main(argv)
     out = capsys.readouterr().out

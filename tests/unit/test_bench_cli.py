@@ -65,7 +65,9 @@ def test_needle_lengths_over_limit_reported(tiny_loader, tmp_path, capsys):
 
 
 def test_missing_data_file_reported(tmp_path, capsys):
-    status, _, err = run_cli(["bench", "rag", "--data", str(tmp_path / "absent.jsonl.gz"), "--out", str(tmp_path)], capsys)
+    status, _, err = run_cli(
+        ["bench", "rag", "--data", str(tmp_path / "absent.jsonl.gz"), "--out", str(tmp_path)], capsys
+    )
     assert status == 2
     assert "absent.jsonl.gz not found" in err
 
@@ -77,7 +79,9 @@ def test_rag_requires_data(capsys):
 
 
 def test_missing_haystack_dir_reported(tmp_path, capsys):
-    status, _, err = run_cli(["bench", "needle", "--haystack-dir", str(tmp_path / "none"), "--out", str(tmp_path)], capsys)
+    status, _, err = run_cli(
+        ["bench", "needle", "--haystack-dir", str(tmp_path / "none"), "--out", str(tmp_path)], capsys
+    )
     assert status == 2
     assert "is not a folder" in err
 
@@ -102,16 +106,33 @@ def test_config_json_needs_random_weights(tmp_path, capsys):
 
 def test_needle_command_writes_files(tiny_loader, tmp_path, capsys):
     argv = [
-        "bench", "needle", "--methods", "promptdistill", "truncate", "--keep", "0.5", "100",
-        "--lengths", "180", "--depths", "0.5", "--max-new-tokens", "2", "--out", str(tmp_path), "--no-progress",
+        "bench",
+        "needle",
+        "--methods",
+        "promptdistill",
+        "truncate",
+        "--keep",
+        "0.5",
+        "100",
+        "--lengths",
+        "180",
+        "--depths",
+        "0.5",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
     ]
     status, out, _ = run_cli(argv, capsys)
     assert status == 0
+
     header = out.splitlines()[0]
     assert "needle_score" in header
     assert "vs full" in header
     labels = [line.split()[0] + "@" + line.split()[1] for line in out.splitlines()[2:]]
     assert labels == ["full@-", "promptdistill@0.5", "promptdistill@100", "truncate@0.5", "truncate@100"]
+
     payload = json.loads((tmp_path / "needle.json").read_text())
     assert payload["meta"]["command"] == "bench needle"
     assert payload["meta"]["settings"]["lengths"] == [180]
@@ -119,6 +140,7 @@ def test_needle_command_writes_files(tiny_loader, tmp_path, capsys):
     assert len(payload["runs"]) == 5
     with (tmp_path / "needle.csv").open(newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 5
+
     heatmaps = sorted(path.name for path in tmp_path.glob("needle_heatmap_*.png"))
     assert len(heatmaps) == 5
     assert "needle_heatmap_promptdistill_keep100.png" in heatmaps
@@ -126,8 +148,26 @@ def test_needle_command_writes_files(tiny_loader, tmp_path, capsys):
 
 def test_rag_command_writes_files(tiny_loader, nq_file, tmp_path, capsys):
     argv = [
-        "bench", "rag", "--data", str(nq_file), "--methods", "snapkv", "--keep", "0.5", "--questions", "2",
-        "--distractors", "2", "--positions", "first", "last", "--max-new-tokens", "2", "--out", str(tmp_path), "--no-progress",
+        "bench",
+        "rag",
+        "--data",
+        str(nq_file),
+        "--methods",
+        "snapkv",
+        "--keep",
+        "0.5",
+        "--questions",
+        "2",
+        "--distractors",
+        "2",
+        "--positions",
+        "first",
+        "last",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
     ]
     status, out, _ = run_cli(argv, capsys)
     assert status == 0
@@ -141,8 +181,24 @@ def test_rag_command_writes_files(tiny_loader, nq_file, tmp_path, capsys):
 
 def test_speed_command_writes_files(tiny_loader, tmp_path, capsys, caplog):
     argv = [
-        "bench", "speed", "--methods", "promptdistill", "--keep", "0.5", "--lengths", "150", "5000",
-        "--warmup", "0", "--repeats", "1", "--decode-tokens", "2", "--out", str(tmp_path), "--no-progress",
+        "bench",
+        "speed",
+        "--methods",
+        "promptdistill",
+        "--keep",
+        "0.5",
+        "--lengths",
+        "150",
+        "5000",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--decode-tokens",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
     ]
     status, out, _ = run_cli(argv, capsys)
     assert status == 0
@@ -158,8 +214,22 @@ def test_speed_command_writes_files(tiny_loader, tmp_path, capsys, caplog):
 
 def test_calibrate_command_prints_config(tiny_loader, tmp_path, capsys):
     argv = [
-        "calibrate", "--lengths", "180", "--depths", "0.5", "--layers", "0.4", "3", "--keeps", "0.5", "0.25",
-        "--max-new-tokens", "2", "--out", str(tmp_path), "--no-progress",
+        "calibrate",
+        "--lengths",
+        "180",
+        "--depths",
+        "0.5",
+        "--layers",
+        "0.4",
+        "3",
+        "--keeps",
+        "0.5",
+        "0.25",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
     ]
     status, out, _ = run_cli(argv, capsys)
     # The random model never finds the needle, so the full model scores 0 and every candidate passes.
@@ -174,14 +244,13 @@ def test_calibrate_command_prints_config(tiny_loader, tmp_path, capsys):
 def fake_needle_rows(scores, prompt_tokens=1000):
     def run_needle(engine, configs, **kwargs):
         return [
-            {"label": config.label, "score": scores[config.label], "prompt_tokens": prompt_tokens}
-            for config in configs
+            {"label": config.label, "score": scores[config.label], "prompt_tokens": prompt_tokens} for config in configs
         ]
 
     return run_needle
 
 
-def test_calibrate_picks_earliest_layer_then_smallest_keep(monkeypatch, llama_engine):
+def test_calibrate_earliest_layer_smallest_keep(monkeypatch, llama_engine):
     scores = {
         "full": 1.0,
         "promptdistill@0.5/L1": 0.5,

@@ -38,7 +38,13 @@ def configs():
 @pytest.fixture(scope="module")
 def needle_rows(llama_engine, configs, haystack):
     return run_needle(
-        llama_engine, configs, lengths=[160, 220], depths=[0.0, 1.0], haystack=haystack, max_new_tokens=3, progress=False
+        llama_engine,
+        configs,
+        lengths=[160, 220],
+        depths=[0.0, 1.0],
+        haystack=haystack,
+        max_new_tokens=3,
+        progress=False,
     )
 
 
@@ -136,7 +142,12 @@ def test_rag_cases_positions():
     items = make_items(8)
     cases = rag_cases(items, questions=2, offset=3, distractors=4, positions=["first", "middle", "last"])
     assert [(case.params["question_index"], case.params["position"]) for case in cases] == [
-        (3, "first"), (3, "middle"), (3, "last"), (4, "first"), (4, "middle"), (4, "last"),
+        (3, "first"),
+        (3, "middle"),
+        (3, "last"),
+        (4, "first"),
+        (4, "middle"),
+        (4, "last"),
     ]
     assert [case.params["gold_index"] for case in cases[:3]] == [0, 2, 4]
     for case in cases:
@@ -167,7 +178,14 @@ def test_rag_cases_rejects(kwargs, match):
 
 def test_run_rag_rows(llama_engine, configs):
     rows = run_rag(
-        llama_engine, configs, items=make_items(6), questions=1, distractors=3, positions=["first", "last"], max_new_tokens=2, progress=False
+        llama_engine,
+        configs,
+        items=make_items(6),
+        questions=1,
+        distractors=3,
+        positions=["first", "last"],
+        max_new_tokens=2,
+        progress=False,
     )
     assert len(rows) == 2 * len(configs)
     for row in rows:
@@ -218,21 +236,47 @@ def test_write_runs_json_and_csv(tmp_path, needle_rows):
         table = list(csv.DictReader(handle))
     assert len(table) == len(needle_rows)
     assert "kept_indices" not in table[0]
-    for column in ("context_tokens", "depth", "method", "keep", "answer", "score", "prefill_seconds", "kv_cache_bytes", "config"):
+    for column in (
+        "context_tokens",
+        "depth",
+        "method",
+        "keep",
+        "answer",
+        "score",
+        "prefill_seconds",
+        "kv_cache_bytes",
+        "config",
+    ):
         assert column in table[0]
     assert table[0]["answer"] == needle_rows[0]["answer"]
     assert json.loads(table[0]["config"])["method"] == "full"
     assert json.loads(table[0]["kept_tokens"]) == needle_rows[0]["kept_tokens"]
 
 
+def summary_row(label, score, prefill_seconds, position):
+    method = label.split("@")[0]
+    return {
+        "label": label,
+        "method": method,
+        "keep": label.partition("@")[2],
+        "score": score,
+        "prefill_seconds": prefill_seconds,
+        "kv_cache_bytes": 100 if method == "full" else 50,
+        "target_kept_share": 1.0 if method == "full" else None,
+        "position": position,
+    }
+
+
 def test_summary_ratios_to_full():
     rows = [
-        {"label": "full", "method": "full", "keep": "", "score": 1.0, "prefill_seconds": 2.0, "kv_cache_bytes": 100, "target_kept_share": 1.0, "position": "first"},
-        {"label": "full", "method": "full", "keep": "", "score": 0.5, "prefill_seconds": 4.0, "kv_cache_bytes": 100, "target_kept_share": 1.0, "position": "last"},
-        {"label": "snapkv@0.5", "method": "snapkv", "keep": "0.5", "score": 0.5, "prefill_seconds": 3.0, "kv_cache_bytes": 50, "target_kept_share": None, "position": "first"},
-        {"label": "snapkv@0.5", "method": "snapkv", "keep": "0.5", "score": 0.0, "prefill_seconds": 3.0, "kv_cache_bytes": 50, "target_kept_share": None, "position": "last"},
+        summary_row("full", 1.0, 2.0, "first"),
+        summary_row("full", 0.5, 4.0, "last"),
+        summary_row("snapkv@0.5", 0.5, 3.0, "first"),
+        summary_row("snapkv@0.5", 0.0, 3.0, "last"),
     ]
+
     full, snapkv = summarize_quality(rows, "accuracy", split="position")
+
     assert full["accuracy"] == 0.75
     assert full["accuracy_vs_full"] == 1.0
     assert snapkv["accuracy"] == 0.25
@@ -243,6 +287,7 @@ def test_summary_ratios_to_full():
     assert snapkv["accuracy_position_first"] == 0.5
     assert snapkv["accuracy_position_last"] == 0.0
     assert snapkv["runs"] == 2
+
     table = quality_table([full, snapkv], "accuracy", ["accuracy_position_first", "accuracy_position_last"])
     lines = table.splitlines()
     assert lines[0].split()[:5] == ["method", "keep", "accuracy", "position_first", "position_last"]

@@ -103,9 +103,18 @@ def test_sampling_fallback_needs_psutil(monkeypatch):
 
 @pytest.fixture(scope="module")
 def speed_result(llama_engine):
-    configs = bench_configs(["promptdistill", "gemfilter", "h2o", "truncate"], [0.5], DistillConfig(selection_layers=[2]))
+    configs = bench_configs(
+        ["promptdistill", "gemfilter", "h2o", "truncate"], [0.5], DistillConfig(selection_layers=[2])
+    )
     rows, costs = run_speed(
-        llama_engine, configs, lengths=[200, 260], haystack=load_haystack(None), warmup=1, repeats=2, decode_tokens=3, progress=False
+        llama_engine,
+        configs,
+        lengths=[200, 260],
+        haystack=load_haystack(None),
+        warmup=1,
+        repeats=2,
+        decode_tokens=3,
+        progress=False,
     )
     return configs, rows, costs
 
@@ -169,7 +178,10 @@ def test_speed_summary_and_table(speed_result, llama_engine, tmp_path):
     assert speed_chart(summary, tmp_path).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"repeats": 0}, "--repeats"), ({"warmup": -1}, "--warmup"), ({"decode_tokens": 0}, "--decode-tokens")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"repeats": 0}, "--repeats"), ({"warmup": -1}, "--warmup"), ({"decode_tokens": 0}, "--decode-tokens")],
+)
 def test_speed_rejects_bad_counts(llama_engine, kwargs, match):
     configs = bench_configs(["truncate"], [0.5], DistillConfig())
     with pytest.raises(ValueError, match=match):
@@ -190,12 +202,23 @@ def test_random_weights_from_config_json(tmp_path, llama_engine):
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(values))
+
     engine = random_weight_engine(config_json=str(path))
     assert engine.num_layers == 3
     assert engine.model.get_input_embeddings().num_embeddings == 1000
     assert "random weights" in engine.model_name
+
     configs = bench_configs(["promptdistill"], [0.5], DistillConfig(selection_layers=[1]))
-    rows, _ = run_speed(engine, configs, lengths=[600], haystack=load_haystack(None), warmup=0, repeats=1, decode_tokens=2, progress=False)
+    rows, _ = run_speed(
+        engine,
+        configs,
+        lengths=[600],
+        haystack=load_haystack(None),
+        warmup=0,
+        repeats=1,
+        decode_tokens=2,
+        progress=False,
+    )
     assert rows[0]["prompt_tokens"] + 2 <= 512
     assert len(rows) == 2
 
@@ -210,4 +233,3 @@ def test_random_weights_unsupported_architecture(tmp_path):
     path.write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     with pytest.raises(ValueError, match="not supported"):
         random_weight_engine(config_json=str(path))
-

@@ -165,7 +165,7 @@ class DistillConfig(_BaseConfig):
             the average is steadier.
         granularity: ``"token"`` ranks single tokens; ``"sentence"`` and ``"chunk"``
             rank whole sentences or whole chunks (the ``chunks`` passed to
-            ``generate``, else blank-line separated paragraphs) by their tokens'
+            ``generate``; sentences where there are none) by their tokens'
             scores and keep the best units whole, so that the model reads
             complete text.
         unit_reduction: How a sentence's or chunk's token scores combine into the
@@ -182,16 +182,19 @@ class DistillConfig(_BaseConfig):
     """
 
     method: Literal["promptdistill"] = "promptdistill"
-    selection_layers: tuple[LayerSpec, ...] = (0.5,)
+    # Defaults measured on SmolLM2-135M-Instruct (docs/selection.md): layer
+    # 14 of 30, a quarter of the prompt, whole chunks or sentences ranked by
+    # their most attended token under the query's strongest head.
+    selection_layers: tuple[LayerSpec, ...] = (0.47,)
     keep: tuple[KeepSpec, ...] = (0.25,)
     pooling_kernel: int = 5
     truncate_cache: bool = True
     selector: Literal["query", "last_token"] = "query"
     signal: Literal["softmax", "logits"] = "softmax"
-    head_reduction: Literal["mean", "max"] = "mean"
+    head_reduction: Literal["mean", "max"] = "max"
     layer_scores: Literal["selection", "cumulative"] = "selection"
-    granularity: Literal["token", "sentence", "chunk"] = "token"
-    unit_reduction: Literal["mean", "max"] = "mean"
+    granularity: Literal["token", "sentence", "chunk"] = "chunk"
+    unit_reduction: Literal["mean", "max"] = "max"
     sink_tokens: Annotated[int, Field(ge=0)] = 4
     protected_suffix: Annotated[int, Field(ge=1)] = 8
 

@@ -1,7 +1,7 @@
 """Turn a prompt (a string or chat messages) into token ids plus the spans selection needs.
 
 The spans are token index ranges: where the user's query sits, where each
-retrieved chunk sits, and which sentence or paragraph every token belongs to.
+retrieved chunk sits, and which sentence every token belongs to.
 They are computed once on the host, before the forward pass, from the fast
 tokenizer's character offsets.
 """
@@ -25,7 +25,6 @@ Prompt = Union[str, Sequence[ChatMessage]]
 
 # A sentence ends at ., ! or ? followed by whitespace, or at a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -55,28 +54,23 @@ class PreparedPrompt:
         """Return, for each token, the index of the sentence that contains it."""
         return self._unit_ids(_SENTENCE_END)
 
-    def paragraph_ids(self) -> list[int]:
-        """Return, for each token, the index of the blank-line separated paragraph that contains it."""
-        return self._unit_ids(_PARAGRAPH_BREAK)
-
     def chunk_ids(self) -> list[int]:
-        """Return, for each token, a unit index: one per caller chunk, else one per paragraph.
+        """Return, for each token, a unit index: one per caller chunk, and one per sentence elsewhere.
 
-        Tokens outside every chunk (instructions, the template) each form a unit
-        of their own, so they never ride along with a chunk.
+        Without chunks every unit is a sentence: blank lines are no reliable
+        passage boundary (an essay may hold none, making one unit of it all).
+        Tokens outside every chunk (instructions, the template) are grouped by
+        sentence too, so they never ride along with a chunk.
         """
+        sentences = self.sentence_ids()
         if not self.chunk_spans:
-            return self.paragraph_ids()
+            return sentences
         unit = [-1] * len(self.input_ids)
         for index, (start, end) in enumerate(self.chunk_spans):
             for token in range(start, end):
                 unit[token] = index
-        next_unit = len(self.chunk_spans)
-        for token, value in enumerate(unit):
-            if value < 0:
-                unit[token] = next_unit
-                next_unit += 1
-        return unit
+        offset = len(self.chunk_spans)
+        return [value if value >= 0 else offset + sentences[token] for token, value in enumerate(unit)]
 
     def _unit_ids(self, boundary: re.Pattern[str]) -> list[int]:
         # Character positions where a new unit starts, then each token joins the

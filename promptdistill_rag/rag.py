@@ -16,8 +16,8 @@ _BLANK_LINES = re.compile(r"\n\s*\n")
 def normalize_passage(text: str) -> str:
     """Strip a passage and fold its blank lines into single line breaks.
 
-    Blank lines then separate passages only, so the engine's paragraph units
-    (the fallback of chunk granularity) match the passages exactly.
+    Blank lines then separate passages only, so a prompt split at blank lines
+    gives back exactly the passages.
     """
     return _BLANK_LINES.sub("\n", text.strip())
 

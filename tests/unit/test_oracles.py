@@ -153,7 +153,7 @@ def test_selected_indices_match_reference(engine, selector, signal, head_reducti
     layer, keep = 2, 40
     config = DistillConfig(
         selection_layers=[layer], keep=keep, selector=selector, signal=signal, head_reduction=head_reduction,
-        sink_tokens=2, protected_suffix=3,
+        sink_tokens=2, protected_suffix=3, granularity="token",
     )
     prepared, input_ids, result = engine_prefill(engine, config)
     length = len(prepared)
@@ -168,9 +168,13 @@ def test_selected_indices_match_reference(engine, selector, signal, head_reducti
     assert result.query_source == ("query" if selector == "query" else "last_token")
 
 
-def test_sentence_units_match_reference(engine):
+@pytest.mark.parametrize(("head_reduction", "unit_reduction"), [("mean", "mean"), ("max", "max")])
+def test_sentence_units_match_reference(engine, head_reduction, unit_reduction):
     layer, keep = 2, 50
-    config = DistillConfig(selection_layers=[layer], keep=keep, granularity="sentence", sink_tokens=1, protected_suffix=2)
+    config = DistillConfig(
+        selection_layers=[layer], keep=keep, granularity="sentence", sink_tokens=1, protected_suffix=2,
+        head_reduction=head_reduction, unit_reduction=unit_reduction,
+    )
     prepared, input_ids, result = engine_prefill(engine, config)
     length = len(prepared)
     with capturing(engine.model) as capture, torch.inference_mode():
@@ -178,12 +182,12 @@ def test_sentence_units_match_reference(engine):
         query, key, _ = capture[layer]
     scaling = engine.model.get_decoder().layers[layer].self_attn.scaling
     rows = sorted(set(range(*prepared.query_span)) | {length - 1})
-    scores = reference_token_scores(query, key, rows, scaling)
+    scores = reference_token_scores(query, key, rows, scaling, head_reduction=head_reduction)
     units = prepared.sentence_ids()
     means = {}
     for unit in set(units):
         members = [scores[i] for i in range(length) if units[i] == unit]
-        means[unit] = sum(members) / len(members)
+        means[unit] = max(members) if unit_reduction == "max" else sum(members) / len(members)
     protected = protected_mask(length, prepared.query_span, 1, 2)
     order = sorted(range(length), key=lambda i: (not protected[i], -means[units[i]], -scores[i], i))
     expected = sorted(order[:keep])
@@ -197,7 +201,9 @@ def test_sentence_units_match_reference(engine):
 
 def test_logits_after_dropping_match_hand_run(engine):
     layers, keeps = [1, 3], [60, 35]
-    config = DistillConfig(selection_layers=layers, keep=keeps, sink_tokens=2, protected_suffix=2)
+    config = DistillConfig(
+        selection_layers=layers, keep=keeps, sink_tokens=2, protected_suffix=2, granularity="token", head_reduction="mean"
+    )
     prepared, input_ids, result = engine_prefill(engine, config)
     length = len(prepared)
     protected_original = protected_mask(length, prepared.query_span, 2, 2)
@@ -354,3 +360,29 @@ def test_decode_positions_continue(config, start):
     decode_positions = [positions[0] for positions in seen if len(positions) == 1]
     assert decode_positions == list(range(first, first + len(decode_positions)))
     assert len(decode_positions) == result.stats.generated_tokens - 1 or result.stats.finish_reason == "stop"
+
+
+def test_chunk_units_match_reference(engine):
+    """Caller chunks are ranked whole by their best token; other tokens form sentence units."""
+    layer, keep = 3, 60
+    chunks = ["A storm broke the northern pier in March.", "The secret number of the keeper is 4096.", "Fishermen repaired their nets by the harbour wall."]
+    config = DistillConfig(selection_layers=[layer], keep=keep, granularity="chunk", sink_tokens=1, protected_suffix=2)
+    prepared = engine.prepare(PROMPT, query=QUERY, chunks=chunks)
+    input_ids = torch.tensor([prepared.input_ids])
+    result = engine.method_for(config).prefill(prepared, input_ids)
+    length = len(prepared)
+    with capturing(engine.model) as capture, torch.inference_mode():
+        engine.model(input_ids)
+        query, key, _ = capture[layer]
+    scaling = engine.model.get_decoder().layers[layer].self_attn.scaling
+    rows = sorted(set(range(*prepared.query_span)) | {length - 1})
+    scores = reference_token_scores(query, key, rows, scaling, head_reduction="max")
+    sentence = prepared.sentence_ids()
+    units = []
+    for token in range(length):
+        inside = [i for i, (start, end) in enumerate(prepared.chunk_spans) if start <= token < end]
+        units.append(("chunk", inside[0]) if inside else ("sentence", sentence[token]))
+    best = {unit: max(scores[i] for i in range(length) if units[i] == unit) for unit in set(units)}
+    protected = protected_mask(length, prepared.query_span, 1, 2)
+    order = sorted(range(length), key=lambda i: (not protected[i], -best[units[i]], -scores[i], i))
+    assert result.kept_indices == sorted(order[:keep])

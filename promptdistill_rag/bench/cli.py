@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -34,6 +35,17 @@ def _add_common(parser: argparse.ArgumentParser, command: str, *, budgets: bool 
     if budgets:
         parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, metavar="METHOD", help=_METHODS_HELP)
         parser.add_argument("--keep", nargs="+", type=parse_number, default=[0.25], metavar="KEEP", help=_KEEP_HELP)
+        parser.add_argument(
+            "--variant",
+            action="append",
+            default=[],
+            metavar="NAME=JSON",
+            help=(
+                "also run PromptDistill with these DistillConfig fields over the engine's default, labelled NAME "
+                "(repeatable), e.g. --variant 'paper={\"selector\": \"last_token\", \"signal\": \"logits\", "
+                "\"head_reduction\": \"mean\", \"granularity\": \"token\"}'"
+            ),
+        )
     parser.add_argument(
         "--out",
         type=Path,
@@ -42,6 +54,29 @@ def _add_common(parser: argparse.ArgumentParser, command: str, *, budgets: bool 
         help="folder for the JSON, CSV and PNG files (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _variants(specs: list[str]) -> dict[str, dict]:
+    """Parse ``--variant NAME=JSON`` values into ``{name: fields}``."""
+    variants: dict[str, dict] = {}
+    for spec in specs:
+        name, separator, text = spec.partition("=")
+        if not separator or not name.strip():
+            msg = f"--variant {spec!r} must look like NAME=JSON, e.g. paper={{\"selector\": \"last_token\"}}"
+            raise ValueError(msg)
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as error:
+            msg = f"--variant {name}: invalid JSON ({error})"
+            raise ValueError(msg) from error
+        if not isinstance(fields, dict):
+            msg = f"--variant {name}: expected a JSON object of DistillConfig fields, got {text!r}"
+            raise ValueError(msg)
+        if name in variants:
+            msg = f"--variant {name} is given twice"
+            raise ValueError(msg)
+        variants[name.strip()] = fields
+    return variants
 
 
 def _add_needle_text(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +333,7 @@ def cmd_bench_needle(args: argparse.Namespace) -> int:
     _needle_options(args)
     haystack = _haystack(args.haystack_dir)
     engine = load_engine(args.model)
-    configs = bench_configs(args.methods, args.keep, distill_base(engine))
+    configs = bench_configs(args.methods, args.keep, distill_base(engine), variants=_variants(args.variant))
     check_lengths(engine, args.lengths, args.max_new_tokens)
     rows = run_needle(
         engine,
@@ -328,7 +363,7 @@ def cmd_bench_rag(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     items = load_nq(args.data)
     engine = load_engine(args.model)
-    configs = bench_configs(args.methods, args.keep, distill_base(engine))
+    configs = bench_configs(args.methods, args.keep, distill_base(engine), variants=_variants(args.variant))
     rows = run_rag(
         engine,
         configs,
@@ -362,7 +397,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
         engine = random_weight_engine(args.model, args.config_json)
     else:
         engine = load_engine(args.model)
-    configs = bench_configs(args.methods, args.keep, distill_base(engine))
+    configs = bench_configs(args.methods, args.keep, distill_base(engine), variants=_variants(args.variant))
     rows, costs = run_speed(
         engine,
         configs,

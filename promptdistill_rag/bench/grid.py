@@ -145,6 +145,7 @@ def run_grid(
                     **case.params,
                     "method": config.method,
                     "keep": format_keep(config.keep),
+                    "variant": config.variant,
                     "label": config.label,
                     "score": float(case.score(result.text)),
                     "target_kept_share": span_kept_share(span, stats["kept_indices"], config.method),

@@ -13,7 +13,7 @@ in one place rather than in each benchmark:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -152,13 +152,20 @@ def select_methods(names: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def bench_configs(methods: Sequence[str] | None, budgets: Sequence[KeepSpec], base: DistillConfig) -> list[BenchConfig]:
+def bench_configs(
+    methods: Sequence[str] | None,
+    budgets: Sequence[KeepSpec],
+    base: DistillConfig,
+    variants: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[BenchConfig]:
     """Build ``full`` once, then every other method at every budget.
 
     Args:
         methods: Method names; None means all. ``full`` is always added.
         budgets: Budgets, each an int token count or a float fraction in ``(0, 1]``.
         base: The PromptDistill config the presets start from (see ``distill_base``).
+        variants: Extra PromptDistill configs by name: ``DistillConfig`` fields laid
+            over ``base``, each run at every budget with its name as the variant.
 
     Raises:
         ValueError: For an unknown method, no budget, or a budget that a method rejects.
@@ -181,6 +188,15 @@ def bench_configs(methods: Sequence[str] | None, budgets: Sequence[KeepSpec], ba
                 msg = f"invalid budget --keep {keep!r} for method {name}: {_first_error(error)}"
                 raise ValueError(msg) from error
             configs.append(BenchConfig(method=name, keep=keep, config=config))
+    for variant, fields in (variants or {}).items():
+        try:
+            variant_base = DistillConfig.model_validate({**base.model_dump(), **fields})
+        except ValidationError as error:
+            msg = f"invalid --variant {variant}: {_first_error(error)}"
+            raise ValueError(msg) from error
+        for keep in budgets:
+            config = PRESETS["promptdistill"].build(keep, variant_base)
+            configs.append(BenchConfig(method="promptdistill", keep=keep, config=config, variant=variant))
     return configs
 
 

@@ -210,6 +210,7 @@ def summarize_quality(rows: Sequence[dict[str, Any]], figure: str, split: str | 
         entry: dict[str, Any] = {
             "label": label,
             "method": first[label]["method"],
+            "variant": first[label].get("variant", ""),
             "keep": first[label]["keep"],
             "runs": counts[label],
             figure: score,
@@ -233,9 +234,10 @@ def quality_table(summary: Sequence[dict[str, Any]], figure: str, split_columns:
     lines = []
     for entry in summary:
         kept = entry["target_kept_share"]
+        method = entry["method"] + (f"/{entry['variant']}" if entry.get("variant") else "")
         lines.append(
             [
-                entry["method"],
+                method,
                 entry["keep"] or "-",
                 f"{entry[figure]:.3f}",
                 *[f"{entry[column]:.3f}" for column in split_columns],

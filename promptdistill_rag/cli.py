@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--method", choices=METHOD_NAMES, help="compression method (default: the engine's, promptdistill)")
     ask.add_argument("--keep", type=parse_number, help=_KEEP_HELP)
     ask.add_argument("--layer", type=parse_number, help=_LAYER_HELP)
-    ask.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default: 128)")
+    ask.add_argument("--max-new-tokens", type=int, default=128, help="maximum number of tokens to generate (default: 128)")
     ask.add_argument("--json", action="store_true", help="print one JSON object with the answer and the stats")
     ask.add_argument("--progress", action="store_true", help="show the prefill progress bar even when stderr is not a terminal")
     ask.set_defaults(handler=cmd_ask)

@@ -327,7 +327,7 @@ class H2OConfig(_BaseConfig):
     Full prefill; then the KV cache of every layer and head keeps ``keep``
     entries: the ``recent`` most recent ones plus the entries with the largest
     cumulative attention. Each decoding step adds its attention to the running
-    sums and evicts the weakest non-recent entry, so the cache never holds more
+    sums and evicts the weakest non-recent entry, so the cache never contains more
     than ``keep`` entries between steps.
 
     Attributes:
@@ -371,7 +371,7 @@ MethodConfig = Annotated[
     Union[FullConfig, DistillConfig, GemFilterConfig, SnapKVConfig, H2OConfig, TruncateConfig],
     Field(discriminator="method"),
 ]
-"""Any method's config; the ``method`` field tells them apart."""
+"""Any method's config, discriminated by its ``method`` field."""
 
 _CONFIG_CLASSES: dict[str, type[_BaseConfig]] = {
     "full": FullConfig,

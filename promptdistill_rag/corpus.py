@@ -64,7 +64,7 @@ def default_corpus(
     Args:
         count_tokens: Returns a text's token count.
         token_budget: Tokens the documents may take together.
-        max_document_tokens: Longest topic to include.
+        max_document_tokens: Maximum length of an included topic, in tokens.
     """
     from pydoc_data.topics import topics
 

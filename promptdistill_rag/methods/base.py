@@ -1,4 +1,4 @@
-"""What every compression method implements: a host-side check and a prefill."""
+"""The interface of every prefill method: a host-side check and a prefill."""
 
 from __future__ import annotations
 

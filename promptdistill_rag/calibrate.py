@@ -58,11 +58,14 @@ class Calibration:
     rows: list[dict[str, Any]]
 
 
-def calibration_configs(engine, layers: Sequence[LayerSpec], keeps: Sequence[KeepSpec]) -> list[BenchConfig]:
+def calibration_configs(
+    engine, layers: Sequence[LayerSpec], keeps: Sequence[KeepSpec], base: DistillConfig | None = None
+) -> list[BenchConfig]:
     """Build ``full`` and one single-stage PromptDistill config per distinct layer and budget.
 
-    The other fields come from the engine's default ``DistillConfig``. Layers
-    are resolved to indices, so fractions that round to the same layer run once.
+    The other fields come from ``base``, else the engine's default
+    ``DistillConfig``. Layers are resolved to indices, so fractions that round
+    to the same layer run once.
 
     Raises:
         ValueError: For a layer outside the model, an invalid budget, or empty lists.
@@ -70,7 +73,7 @@ def calibration_configs(engine, layers: Sequence[LayerSpec], keeps: Sequence[Kee
     if not layers or not keeps:
         msg = "calibration needs at least one --layers value and one --keeps value"
         raise ValueError(msg)
-    base = distill_base(engine).model_dump()
+    base = (base if base is not None else distill_base(engine)).model_dump()
     indices = sorted({resolve_layer(layer, engine.num_layers, "--layers") for layer in layers})
     configs = [BenchConfig(method="full", keep=None, config=FullConfig())]
     for index in indices:
@@ -105,6 +108,7 @@ def calibrate(
     keywords: Sequence[str] = DEFAULT_KEYWORDS,
     max_new_tokens: int = 32,
     progress: bool = True,
+    base: DistillConfig | None = None,
 ) -> Calibration:
     """Run the sweep and pick the recommended config.
 
@@ -121,6 +125,8 @@ def calibrate(
             the words a correct answer contains.
         max_new_tokens: Tokens generated per answer.
         progress: Show a progress bar on stderr.
+        base: The config whose other fields (selector, granularity, ...) every
+            candidate keeps; defaults to the engine's default ``DistillConfig``.
 
     Raises:
         ValueError: On invalid layers, budgets, lengths or depths, or a negative tolerance.
@@ -128,7 +134,7 @@ def calibrate(
     if not tolerance >= 0.0:
         msg = f"--tolerance must be 0 or more, got {tolerance}"
         raise ValueError(msg)
-    configs = calibration_configs(engine, layers, keeps)
+    configs = calibration_configs(engine, layers, keeps, base)
     rows = run_needle(
         engine,
         configs,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import parse_number
-from ..config import METHOD_NAMES
+from ..config import METHOD_NAMES, DistillConfig
 
 __all__ = ["add_bench_commands"]
 
@@ -280,6 +280,14 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
         default=0.0,
         help="how far below the full model's mean score a candidate may fall and pass (default: %(default)s)",
     )
+    calibrate.add_argument(
+        "--base",
+        metavar="JSON",
+        help=(
+            "DistillConfig fields every candidate uses, laid over the engine's default, e.g. "
+            "'{\"selector\": \"last_token\"}' (default: the engine's default config)"
+        ),
+    )
     _add_needle_text(calibrate)
     calibrate.add_argument(
         "--max-new-tokens", type=int, default=32, help="tokens generated per answer (default: %(default)s)"
@@ -416,6 +424,24 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_base(engine, text: str | None):
+    """Return the engine's default ``DistillConfig`` with the ``--base`` JSON fields laid over it."""
+    from .presets import distill_base
+
+    base = distill_base(engine)
+    if text is None:
+        return base
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        msg = f"--base: invalid JSON ({error})"
+        raise ValueError(msg) from error
+    if not isinstance(fields, dict):
+        msg = f"--base: expected a JSON object of DistillConfig fields, got {text!r}"
+        raise ValueError(msg)
+    return DistillConfig.model_validate({**base.model_dump(), **fields})
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..calibrate import calibrate, calibration_table
     from .models import load_engine
@@ -437,6 +463,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         keywords=args.keywords,
         max_new_tokens=args.max_new_tokens,
         progress=not args.no_progress,
+        base=_calibration_base(engine, args.base),
     )
     summary = [{**entry, "config": entry["config"].model_dump()} for entry in calibration.table]
     _finish(args, engine, "calibrate", calibration.rows, summary, calibration_table(calibration), [], started)

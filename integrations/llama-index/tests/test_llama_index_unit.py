@@ -418,6 +418,18 @@ def test_predict_uses_template_query(llm, engine_calls):
     assert engine_calls[0]["query"] == QUESTION
 
 
+def test_predict_passes_context_passages_as_chunks(llm, engine_calls):
+    passages = ["The lamp first burned whale oil.", "Later keepers switched to kerosene.\nIt was cheaper."]
+    llm.predict(QA_TEMPLATE, context_str="\n\n".join(passages), query_str=QUESTION)
+    assert engine_calls[0]["chunks"] == passages
+
+
+def test_explicit_chunks_win_over_context(llm, engine_calls):
+    llm.predict(QA_TEMPLATE, context_str=CONTEXT, query_str=QUESTION)
+    llm.complete(CONTEXT, chunks=None)
+    assert engine_calls[1]["chunks"] is None
+
+
 def test_predict_query_drives_selection(llm, llm_events):
     llm.predict(QA_TEMPLATE, context_str=CONTEXT, query_str=QUESTION)
     (end,) = [event for event in llm_events if isinstance(event, LLMChatEndEvent)]

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,6 +73,12 @@ CALL_KEYWORDS: tuple[str, ...] = (
 _TEMPLATE_QUERY: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "promptdistill_template_query", default=None
 )
+# The retrieved text LlamaIndex put into ``context_str`` in that same call.
+# Response synthesizers join node texts with blank lines, so its blank-line
+# separated parts become the engine's chunks and whole passages are ranked.
+_TEMPLATE_CONTEXT: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "promptdistill_template_context", default=None
+)
 
 # Names carried over from the engine, from transformers or from other LLM classes.
 _RENAMED: dict[str, str] = {
@@ -119,22 +126,33 @@ class _Request:
     kwargs: dict[str, Any]
 
 
-def _template_query(prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> Optional[str]:
-    value = prompt_args.get("query_str")
+def _template_value(prompt: BasePromptTemplate, prompt_args: Mapping[str, Any], name: str) -> Optional[str]:
+    value = prompt_args.get(name)
     if value is None:
-        value = (prompt.kwargs or {}).get("query_str")
+        value = (prompt.kwargs or {}).get(name)
     if isinstance(value, str) and value.strip():
         return value
     return None
 
 
 @contextlib.contextmanager
-def _query_scope(query: Optional[str]) -> Iterator[None]:
-    token = _TEMPLATE_QUERY.set(query)
+def _template_scope(prompt: BasePromptTemplate, prompt_args: Mapping[str, Any]) -> Iterator[None]:
+    query_token = _TEMPLATE_QUERY.set(_template_value(prompt, prompt_args, "query_str"))
+    context_token = _TEMPLATE_CONTEXT.set(_template_value(prompt, prompt_args, "context_str"))
     try:
         yield
     finally:
-        _TEMPLATE_QUERY.reset(token)
+        _TEMPLATE_CONTEXT.reset(context_token)
+        _TEMPLATE_QUERY.reset(query_token)
+
+
+def _context_chunks(context: Optional[str], texts: Sequence[str]) -> Optional[list[str]]:
+    """Split the template's ``context_str`` at blank lines into the chunks that appear in the prompt."""
+    if context is None:
+        return None
+    parts = [part.strip() for part in re.split(r"\n\s*\n", context)]
+    chunks = [part for part in parts if part and any(part in text for text in texts)]
+    return chunks or None
 
 
 class PromptDistillLLM(CustomLLM):
@@ -414,23 +432,23 @@ class PromptDistillLLM(CustomLLM):
 
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         """Format a prompt template and complete it; its ``query_str`` becomes the query that drives selection."""
-        with _query_scope(_template_query(prompt, prompt_args)):
+        with _template_scope(prompt, prompt_args):
             return super().predict(prompt, **prompt_args)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
         """Format a prompt template and stream the completion; its ``query_str`` drives selection."""
         # The engine call starts inside super().stream(), so the scope may end before the tokens are read.
-        with _query_scope(_template_query(prompt, prompt_args)):
+        with _template_scope(prompt, prompt_args):
             return super().stream(prompt, **prompt_args)
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         """Format a prompt template and complete it without blocking the event loop; ``query_str`` drives selection."""
-        with _query_scope(_template_query(prompt, prompt_args)):
+        with _template_scope(prompt, prompt_args):
             return await super().apredict(prompt, **prompt_args)
 
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
         """Format a prompt template and stream the completion without blocking the event loop; ``query_str`` drives selection."""
-        with _query_scope(_template_query(prompt, prompt_args)):
+        with _template_scope(prompt, prompt_args):
             return await super().astream(prompt, **prompt_args)
 
     # Requests ---------------------------------------------------------------
@@ -462,7 +480,7 @@ class PromptDistillLLM(CustomLLM):
             kwargs={
                 "prompt": prompt,
                 "query": self._resolve_query(kwargs, texts),
-                "chunks": kwargs.get("chunks"),
+                "chunks": kwargs["chunks"] if "chunks" in kwargs else _context_chunks(_TEMPLATE_CONTEXT.get(), texts),
                 "config": kwargs.get("distill_config", self.distill_config),
                 "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
                 "temperature": kwargs.get("temperature", self.temperature),

@@ -128,6 +128,12 @@ class Method(ABC):
             cache=self.runner.new_cache(), base_kind=self.runner.base_kind, num_layers=self.runner.num_layers
         )
 
+    def unchanged_prefill(self, input_ids: torch.Tensor) -> PrefillResult:
+        """Run the plain model and report every prompt token as kept (a budget that drops nothing)."""
+        result = self.full_prefill(input_ids)
+        result.kept_indices = list(range(input_ids.shape[1]))
+        return result
+
     def full_prefill(self, input_ids: torch.Tensor, state: ForwardState | None = None) -> PrefillResult:
         """Run the plain model on ``input_ids`` at positions ``0..n-1``."""
         state = state if state is not None else self.new_state()

@@ -19,6 +19,4 @@ class FullMethod(Method):
         return None
 
     def prefill(self, prepared: PreparedPrompt, input_ids: torch.Tensor) -> PrefillResult:
-        result = self.full_prefill(input_ids)
-        result.kept_indices = list(range(len(prepared)))
-        return result
+        return self.unchanged_prefill(input_ids)

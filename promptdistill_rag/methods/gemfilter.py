@@ -72,9 +72,7 @@ class GemFilterMethod(Method):
         keep, protected = self._budget(prepared)
         length = len(prepared)
         if keep >= length:
-            result = self.full_prefill(input_ids)
-            result.kept_indices = list(range(length))
-            return result
+            return self.unchanged_prefill(input_ids)
 
         device = input_ids.device
         observer = _ScoreAndStop(self, keep, torch.tensor(protected, device=device))

@@ -114,9 +114,7 @@ class H2OMethod(Method):
         keep, recent = self._budget(prepared)
         length = len(prepared)
         if keep >= length:
-            result = self.full_prefill(input_ids)
-            result.kept_indices = list(range(length))
-            return result
+            return self.unchanged_prefill(input_ids)
         state = self.new_state()
         observer = _HeavyHitters(keep, recent, self.runner.num_layers)
         state.observer = observer

@@ -219,9 +219,7 @@ class PromptDistillMethod(Method):
         plan = self.plan(prepared)
         length = len(prepared)
         if not plan.stages:
-            result = self.full_prefill(input_ids)
-            result.kept_indices = list(range(length))
-            return result
+            return self.unchanged_prefill(input_ids)
 
         device = input_ids.device
         state = self.new_state()

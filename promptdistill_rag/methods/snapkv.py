@@ -88,9 +88,7 @@ class SnapKVMethod(Method):
         keep, window = self._budget(prepared)
         length = len(prepared)
         if keep >= length:
-            result = self.full_prefill(input_ids)
-            result.kept_indices = list(range(length))
-            return result
+            return self.unchanged_prefill(input_ids)
         state = self.new_state()
         state.observer = _Compress(keep, window, self.config.pooling_kernel)
         result = self.full_prefill(input_ids, state)

@@ -80,9 +80,7 @@ class TruncateMethod(Method):
         keep = self._keep(prepared)
         length = len(prepared)
         if keep >= length:
-            result = self.full_prefill(input_ids)
-            result.kept_indices = list(range(length))
-            return result
+            return self.unchanged_prefill(input_ids)
         kept = truncate_indices(prepared, keep)
         index = torch.tensor(kept, device=input_ids.device)
         result = self.full_prefill(input_ids.index_select(1, index))

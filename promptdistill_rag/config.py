@@ -97,18 +97,19 @@ def resolve_layer(value: LayerSpec, num_layers: int, field: str = "selection_lay
     return index
 
 
-def resolve_keep(value: KeepSpec, prompt_tokens: int) -> int:
+def resolve_keep(value: KeepSpec, prompt_tokens: int, min_keep: int = 1) -> int:
     """Turn a keep spec into a token count for a prompt of ``prompt_tokens`` tokens.
 
-    Fractions round up, so that a positive fraction never keeps zero tokens.
+    Fractions round up and never resolve below ``min_keep``, so that a budget
+    meant for long prompts leaves short ones whole. An int is taken as given.
     The result may exceed the prompt length, which means "drop nothing".
 
     Example:
-        >>> resolve_keep(0.25, 1000), resolve_keep(300, 1000)
-        (250, 300)
+        >>> resolve_keep(0.25, 1000), resolve_keep(300, 1000), resolve_keep(0.25, 40, min_keep=128)
+        (250, 300, 128)
     """
     if isinstance(value, float):
-        return max(1, math.ceil(value * prompt_tokens))
+        return max(min_keep, math.ceil(value * prompt_tokens))
     return value
 
 
@@ -174,6 +175,8 @@ class DistillConfig(_BaseConfig):
         sink_tokens: Tokens at the start of the prompt that are always kept.
         protected_suffix: Tokens at the end of the prompt that are always kept
             (the chat template's assistant header and the last token).
+        min_keep: The fewest tokens a fractional ``keep`` resolves to, so that short
+            prompts (a chat turn, a question without context) run whole.
 
     Example:
         >>> cfg = DistillConfig(selection_layers=[8, 16], keep=[0.5, 0.25])
@@ -197,6 +200,7 @@ class DistillConfig(_BaseConfig):
     unit_reduction: Literal["mean", "max"] = "max"
     sink_tokens: Annotated[int, Field(ge=0)] = 4
     protected_suffix: Annotated[int, Field(ge=1)] = 8
+    min_keep: Annotated[int, Field(ge=1)] = 64
 
     @field_validator("selection_layers", "keep", mode="before")
     @classmethod
@@ -266,12 +270,15 @@ class GemFilterConfig(_BaseConfig):
         selection_layer: The layer whose attention selects tokens (int index, negative
             from the end, or a float fraction of the depth).
         keep: Prompt tokens kept, including the last token (count or fraction).
+        min_keep: The fewest tokens a fractional ``keep`` resolves to, so that short
+            prompts (a chat turn, a question without context) run whole.
         pooling_kernel: Width of the average pool over token scores (odd).
     """
 
     method: Literal["gemfilter"] = "gemfilter"
     selection_layer: LayerSpec = 0.5
     keep: KeepSpec = 0.25
+    min_keep: Annotated[int, Field(ge=1)] = 64
     pooling_kernel: int = 5
 
     @field_validator("selection_layer")
@@ -301,12 +308,15 @@ class SnapKVConfig(_BaseConfig):
 
     Attributes:
         keep: KV entries kept per layer and head, including the window.
+        min_keep: The fewest tokens a fractional ``keep`` resolves to, so that short
+            prompts (a chat turn, a question without context) run whole.
         window: Observation window at the end of the prompt.
         pooling_kernel: Width of the average pool over entry scores (odd).
     """
 
     method: Literal["snapkv"] = "snapkv"
     keep: KeepSpec = 0.25
+    min_keep: Annotated[int, Field(ge=1)] = 64
     window: Annotated[int, Field(ge=1)] = 32
     pooling_kernel: int = 5
 
@@ -332,11 +342,14 @@ class H2OConfig(_BaseConfig):
 
     Attributes:
         keep: KV entries per layer and head (count or fraction of the prompt).
+        min_keep: The fewest tokens a fractional ``keep`` resolves to, so that short
+            prompts (a chat turn, a question without context) run whole.
         recent_fraction: Share of ``keep`` reserved for the most recent entries.
     """
 
     method: Literal["h2o"] = "h2o"
     keep: KeepSpec = 0.25
+    min_keep: Annotated[int, Field(ge=1)] = 64
     recent_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
 
     @field_validator("keep")
@@ -356,10 +369,13 @@ class TruncateConfig(_BaseConfig):
 
     Attributes:
         keep: Prompt tokens kept in total (count or fraction of the prompt).
+        min_keep: The fewest tokens a fractional ``keep`` resolves to, so that short
+            prompts (a chat turn, a question without context) run whole.
     """
 
     method: Literal["truncate"] = "truncate"
     keep: KeepSpec = 0.25
+    min_keep: Annotated[int, Field(ge=1)] = 64
 
     @field_validator("keep")
     @classmethod

@@ -61,7 +61,7 @@ class GemFilterMethod(Method):
     def _budget(self, prepared: PreparedPrompt) -> tuple[int, list[bool]]:
         length = len(prepared)
         protected = protected_tokens(prepared, sink=0, suffix=1)
-        keep = resolve_keep(self.config.keep, length)
+        keep = resolve_keep(self.config.keep, length, self.config.min_keep)
         keep = clamp_budget(self.config.keep, keep, sum(protected), length, "the query and the last token")
         return keep, protected
 

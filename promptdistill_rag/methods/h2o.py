@@ -103,7 +103,7 @@ class H2OMethod(Method):
     name = "h2o"
 
     def _budget(self, prepared: PreparedPrompt) -> tuple[int, int]:
-        keep = resolve_keep(self.config.keep, len(prepared))
+        keep = resolve_keep(self.config.keep, len(prepared), self.config.min_keep)
         recent = max(1, min(keep, round(keep * self.config.recent_fraction)))
         return keep, recent
 

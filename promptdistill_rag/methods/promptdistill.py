@@ -190,7 +190,7 @@ class PromptDistillMethod(Method):
         stages = []
         current = length
         for layer, spec in zip(self.layers, self.config.keep_per_stage()):
-            keep = resolve_keep(spec, length)
+            keep = resolve_keep(spec, length, self.config.min_keep)
             if keep >= current:
                 if current < length:
                     logger.warning(

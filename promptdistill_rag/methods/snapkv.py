@@ -76,7 +76,7 @@ class SnapKVMethod(Method):
 
     def _budget(self, prepared: PreparedPrompt) -> tuple[int, int]:
         length = len(prepared)
-        keep = resolve_keep(self.config.keep, length)
+        keep = resolve_keep(self.config.keep, length, self.config.min_keep)
         window = min(self.config.window, length)
         keep = clamp_budget(self.config.keep, keep, window, length, f"SnapKV's observation window of {window}")
         return keep, window

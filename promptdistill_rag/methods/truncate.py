@@ -69,7 +69,7 @@ class TruncateMethod(Method):
 
     def _keep(self, prepared: PreparedPrompt) -> int:
         length = len(prepared)
-        keep = resolve_keep(self.config.keep, length)
+        keep = resolve_keep(self.config.keep, length, self.config.min_keep)
         fixed = length - len({index for run in _context_tokens(prepared) for index in run})
         return clamp_budget(self.config.keep, keep, fixed, length, "instructions, question and chat template")
 

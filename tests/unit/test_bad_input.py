@@ -104,10 +104,10 @@ def test_keep_below_protected_tokens(engine, reference):
 @pytest.mark.parametrize(
     "config",
     [
-        DistillConfig(selection_layers=[2], keep=0.05),
-        GemFilterConfig(selection_layer=2, keep=0.05),
-        SnapKVConfig(keep=0.05, window=8),
-        TruncateConfig(keep=0.05),
+        DistillConfig(selection_layers=[2], keep=0.05, min_keep=1),
+        GemFilterConfig(selection_layer=2, keep=0.05, min_keep=1),
+        SnapKVConfig(keep=0.05, window=8, min_keep=1),
+        TruncateConfig(keep=0.05, min_keep=1),
     ],
 )
 def test_fractional_keep_yields_to_protected_tokens(engine, config, caplog):
@@ -119,6 +119,16 @@ def test_fractional_keep_yields_to_protected_tokens(engine, config, caplog):
     assert result.stats.kept_tokens[-1] > 0.05 * len(prepared)
     if result.stats.kept_indices is not None:
         assert set(range(*prepared.query_span)) <= set(result.stats.kept_indices)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [DistillConfig(selection_layers=[2]), GemFilterConfig(selection_layer=2), SnapKVConfig(), TruncateConfig()],
+)
+def test_short_prompt_runs_whole_with_fractional_keep(engine, reference, config):
+    result = engine.generate(PROMPT, config=config, max_new_tokens=5)
+    assert result.stats.kept_tokens == [result.stats.prompt_tokens]
+    assert result.token_ids == reference
 
 
 def test_layer_past_depth(engine, reference):

@@ -106,12 +106,11 @@ class ChatPromptDistill(PromptDistillParams, BaseChatModel):
     Example:
         .. code-block:: python
 
-            from promptdistill_rag import DistillConfig, PromptDistillEngine
+            from promptdistill_rag import PromptDistillEngine
             from langchain_promptdistill import ChatPromptDistill
 
             engine = PromptDistillEngine.from_default()
-            # A token budget keeps prompts shorter than 512 tokens whole.
-            chat = ChatPromptDistill(engine=engine, max_tokens=64, distill_config=DistillConfig(keep=512))
+            chat = ChatPromptDistill(engine=engine, max_tokens=64)
             chat.invoke("What is the capital of France?").content
     """
 

@@ -109,11 +109,10 @@ class PromptDistillLLM(PromptDistillParams, BaseLLM):
     Example:
         .. code-block:: python
 
-            from promptdistill_rag import DistillConfig
             from langchain_promptdistill import PromptDistillLLM
 
-            # Loads the default model on first use; prompts under 512 tokens stay whole.
-            llm = PromptDistillLLM(max_tokens=32, distill_config=DistillConfig(keep=512))
+            # Loads the default model on first use; a prompt this short stays whole.
+            llm = PromptDistillLLM(max_tokens=32)
             llm.invoke("The capital of France is")
     """
 

@@ -21,9 +21,9 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     return (yield)
 
 
-# keep=0.5 leaves a budget above the 12 always-kept tokens (4 sink, 8 suffix)
-# even for one-line chat prompts of about 30 tokens.
-TINY_CONFIG = DistillConfig(keep=0.5)
+# The tests' prompts are short, so min_keep=1 lets keep=0.5 drop tokens from
+# them (the default min_keep leaves prompts under 64 tokens whole).
+TINY_CONFIG = DistillConfig(keep=0.5, min_keep=1)
 
 
 @pytest.fixture(scope="session")

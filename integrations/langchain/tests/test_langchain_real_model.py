@@ -28,7 +28,7 @@ from langchain_promptdistill import (
     PromptDistillRAGPrompt,
     format_docs_for_promptdistill,
 )
-from promptdistill_rag import DistillConfig, FullConfig, PromptDistillEngine
+from promptdistill_rag import FullConfig, PromptDistillEngine
 from promptdistill_rag import testing as engine_testing
 
 pytestmark = pytest.mark.real_model
@@ -53,12 +53,9 @@ class TestChatPromptDistillStandard(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        # The suite's prompts are one line ("Hello"), about 30 tokens with the
-        # chat template; the engine's default keep=0.25 leaves fewer tokens
-        # than the 12 it always keeps and raises (see
-        # test_default_config_short_prompt), so the suite runs with keep=0.5.
-        # 16 new tokens keep each call near a second on two CPU cores.
-        return {"engine": engine_testing.default_engine(), "max_tokens": 16, "distill_config": DistillConfig(keep=0.5)}
+        # The suite's prompts are one line, so the default config's min_keep
+        # leaves them whole; 16 new tokens keep each call near a second on two CPU cores.
+        return {"engine": engine_testing.default_engine(), "max_tokens": 16}
 
     @property
     def supports_model_override(self) -> bool:
@@ -66,12 +63,6 @@ class TestChatPromptDistillStandard(ChatModelIntegrationTests):
         return False
 
 
-@pytest.mark.xfail(
-    reason=(
-        "the engine's default DistillConfig (keep=0.25) raises on prompts under about 48 tokens, "
-        "whose budget falls below the 12 always-kept tokens, instead of keeping the whole prompt"
-    )
-)
 def test_default_config_short_prompt(real_engine: PromptDistillEngine) -> None:
     chat = ChatPromptDistill(engine=real_engine, max_tokens=8)
 
@@ -216,7 +207,7 @@ def test_llm_reads_rag_prompt(real_engine: PromptDistillEngine, essay_retriever:
 
 @pytest.fixture(scope="module")
 def chat(real_engine: PromptDistillEngine) -> ChatPromptDistill:
-    return ChatPromptDistill(engine=real_engine, max_tokens=8, distill_config=DistillConfig(keep=0.5))
+    return ChatPromptDistill(engine=real_engine, max_tokens=8)
 
 
 def _assert_usable(chat: ChatPromptDistill) -> None:

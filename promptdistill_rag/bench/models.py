@@ -25,7 +25,9 @@ def load_engine(model: str | None):
 def random_weight_engine(model: str | None = None, config_json: str | None = None, *, seed: int = 0):
     """Build an engine around an architecture with random weights, for speed and memory measurements only.
 
-    The config comes from ``config_json`` (a ``config.json`` file), else from
+    The config comes from ``config_json`` (a ``config.json`` file, or the name
+    of one shipped in ``promptdistill_rag/bench/architectures``, such as
+    ``llama-3-8b``: the shape of Llama 3 8B), else from
     ``model`` (a local checkpoint folder or a Hub id, of which only the config
     is read), else from the default model. The model is built on the GPU in
     bfloat16 when one is available, else on the CPU in float32, with SDPA
@@ -42,8 +44,15 @@ def random_weight_engine(model: str | None = None, config_json: str | None = Non
     from ..testing import default_tokenizer
 
     if config_json is not None:
+        shipped = os.path.join(os.path.dirname(__file__), "architectures", f"{config_json}.json")
+        if not os.path.isfile(config_json) and os.path.isfile(shipped):
+            config_json = shipped
         if not os.path.isfile(config_json):
-            msg = f"--config-json {config_json} not found; pass a model's config.json file"
+            names = sorted(name.removesuffix(".json") for name in os.listdir(os.path.dirname(shipped)))
+            msg = (
+                f"--config-json {config_json} not found; pass a model's config.json file "
+                f"or one of the shipped architectures: {', '.join(names)}"
+            )
             raise FileNotFoundError(msg)
         source = config_json
     elif model:

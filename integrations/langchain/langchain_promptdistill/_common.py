@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from typing_extensions import Self
 
 from promptdistill_rag import DistillStats, GenerationStream, MethodConfig, PromptDistillEngine, parse_config
 from promptdistill_rag.default_model import DEFAULT_MODEL_NAME
+from promptdistill_rag.shared import shared_engine
 
 logger = logging.getLogger(__name__)
 
@@ -84,31 +84,15 @@ class CallOptions(BaseModel):
         return parse_config(value) if isinstance(value, str) else value
 
 
-_ENGINES: weakref.WeakValueDictionary[str, PromptDistillEngine] = weakref.WeakValueDictionary()
-_ENGINES_LOCK = threading.Lock()
-
-
 def load_engine(model_name: str | None, model_kwargs: Mapping[str, Any]) -> PromptDistillEngine:
     """Load an engine, or return the one already loaded with the same name and keywords.
 
     LangChain builds a fresh model object for every run of ``configurable_fields``,
-    so the engines live in a weak cache. While any model object references an
-    engine, the others with the same ``model_name`` and ``model_kwargs`` reuse it.
+    so engines come from the core's shared cache: while any model object
+    references an engine, the others with the same ``model_name`` and
+    ``model_kwargs`` reuse it.
     """
-    # repr() makes unhashable values (dicts, quantization configs) usable in the
-    # key; two equal values with different reprs only cost a second load.
-    key = repr((model_name, sorted((name, repr(value)) for name, value in model_kwargs.items())))
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            if model_name is None:
-                logger.info("Loading the default model %s", DEFAULT_MODEL_NAME)
-                engine = PromptDistillEngine.from_default(**model_kwargs)
-            else:
-                logger.info("Loading model %s", model_name)
-                engine = PromptDistillEngine.from_pretrained(model_name, **model_kwargs)
-            _ENGINES[key] = engine
-    return engine
+    return shared_engine(model_name, model_kwargs)
 
 
 class PromptDistillParams(BaseModel):

@@ -30,6 +30,7 @@ from langchain_core.runnables import ConfigurableField, RunnableLambda, Runnable
 from pydantic import ValidationError
 
 import langchain_promptdistill._common as common
+import promptdistill_rag.shared as shared_cache
 from langchain_promptdistill import (
     ChatPromptDistill,
     PromptDistillLLM,
@@ -850,7 +851,7 @@ def test_rag_chain_passes_hints(chat: ChatPromptDistill, engine_calls: list[dict
 
 def test_rag_chain_chunk_granularity(chat: ChatPromptDistill) -> None:
     prompt = format_docs_for_promptdistill(DOCS, "When was the lamp converted?")
-    config = DistillConfig(keep=0.5, granularity="chunk")
+    config = DistillConfig(keep=0.5, granularity="chunk", min_keep=1)
 
     message = chat.invoke(prompt, distill_config=config)
 
@@ -906,10 +907,10 @@ def test_engine_cache_is_weak(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(PromptDistillEngine, "from_pretrained", classmethod(fake_from_pretrained))
     chat = ChatPromptDistill(model_name="org/short-lived-model")
     chat.get_engine()
-    cached = [key for key in common._ENGINES if "org/short-lived-model" in key]
+    cached = [key for key in shared_cache._ENGINES if "org/short-lived-model" in key]
 
     del chat
     gc.collect()
 
     assert len(cached) == 1
-    assert cached[0] not in common._ENGINES
+    assert cached[0] not in shared_cache._ENGINES

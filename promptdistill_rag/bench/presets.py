@@ -66,13 +66,17 @@ def _build_distill(keep: KeepSpec | None, base: DistillConfig) -> DistillConfig:
     return DistillConfig.model_validate({**base.model_dump(), "keep": _distill_keep(keep, base)})
 
 
+# Every method takes min_keep from the base config, so that a fractional
+# budget resolves to the same token count for all of them.
 def _build_gemfilter(keep: KeepSpec | None, base: DistillConfig):
-    return config_for_method("gemfilter", keep=keep, selection_layer=base.selection_layers[-1])
+    return config_for_method(
+        "gemfilter", keep=keep, selection_layer=base.selection_layers[-1], min_keep=base.min_keep
+    )
 
 
 def _build_keep_only(method: str) -> Callable[[KeepSpec | None, DistillConfig], object]:
     def build(keep: KeepSpec | None, base: DistillConfig):
-        return config_for_method(method, keep=keep)
+        return config_for_method(method, keep=keep, min_keep=base.min_keep)
 
     return build
 

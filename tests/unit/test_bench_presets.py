@@ -64,6 +64,11 @@ def test_keep_only_presets(method):
     assert config.keep == 0.2
 
 
+@pytest.mark.parametrize("method", ["promptdistill", "gemfilter", "snapkv", "h2o", "truncate"])
+def test_presets_share_the_base_min_keep(method):
+    assert PRESETS[method].build(0.2, DistillConfig(min_keep=7)).min_keep == 7
+
+
 @pytest.mark.parametrize("budget", [0, -4, 1.5, 0.0, float("nan")])
 def test_invalid_budget_names_option(budget):
     with pytest.raises(ValueError, match="--keep"):

@@ -32,7 +32,10 @@ def haystack():
 
 @pytest.fixture(scope="module")
 def configs():
-    return bench_configs(["promptdistill", "snapkv", "truncate"], [0.5], DistillConfig(selection_layers=[2]))
+    # min_keep=1: the test prompts are shorter than the default min_keep.
+    return bench_configs(
+        ["promptdistill", "snapkv", "truncate"], [0.5], DistillConfig(selection_layers=[2], min_keep=1)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_sampling_fallback_needs_psutil(monkeypatch):
 @pytest.fixture(scope="module")
 def speed_result(llama_engine):
     configs = bench_configs(
-        ["promptdistill", "gemfilter", "h2o", "truncate"], [0.5], DistillConfig(selection_layers=[2])
+        ["promptdistill", "gemfilter", "h2o", "truncate"], [0.5], DistillConfig(selection_layers=[2], min_keep=1)
     )
     rows, costs = run_speed(
         llama_engine,

@@ -22,7 +22,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 
 # The tests' prompts are short, so min_keep=1 lets keep=0.5 drop tokens from
-# them (the default min_keep leaves prompts under 64 tokens whole).
+# them (the default min_keep leaves prompts under 256 tokens whole).
 TINY_CONFIG = DistillConfig(keep=0.5, min_keep=1)
 
 

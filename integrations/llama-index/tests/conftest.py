@@ -14,8 +14,9 @@ from promptdistill_rag import DistillConfig, PromptDistillEngine
 from promptdistill_rag import testing as engine_testing
 
 # keep=0.5 leaves a budget above the 12 always-kept tokens (4 sink, 8 suffix)
-# for the short prompts of the unit tests.
-TINY_CONFIG = DistillConfig(keep=0.5)
+# for the short prompts of the unit tests, and min_keep=1 lets it drop tokens
+# from them (the default min_keep leaves prompts under 256 tokens whole).
+TINY_CONFIG = DistillConfig(keep=0.5, min_keep=1)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from llama_index.core.schema import TextNode
 from llama_index.llms.promptdistill import CALL_KEYWORDS, PromptDistillLLM, base
 from promptdistill_rag import DistillConfig, FullConfig, PromptDistillEngine
 from promptdistill_rag import testing as engine_testing
+import promptdistill_rag.shared as shared_cache
 
 # About 120 tokens: long enough that keep=0.5 stays above the always-kept tokens plus a query.
 CONTEXT = (
@@ -42,7 +43,7 @@ QA_TEMPLATE = PromptTemplate("Read the text and answer.\n\n{context_str}\n\nQues
 @pytest.fixture(autouse=True)
 def empty_engine_cache(monkeypatch):
     """Give each test its own cache of lazily loaded engines."""
-    monkeypatch.setattr(base, "_ENGINES", weakref.WeakValueDictionary())
+    monkeypatch.setattr(shared_cache, "_ENGINES", weakref.WeakValueDictionary())
 
 
 @pytest.fixture
@@ -478,6 +479,27 @@ def test_template_without_query_falls_back_to_last_token(llm, engine_calls, capl
         llm.predict(template, context_str=CONTEXT, query_str="Something not in the prompt")
     assert engine_calls[0]["query"] is None
     assert "query_str does not appear in the prompt" in caplog.text
+
+
+def test_chat_uses_last_user_message_after_longer_context(llm, engine_calls):
+    context_first = [
+        ChatMessage(role=MessageRole.SYSTEM, content=f"Answer from this text.\n\n{CONTEXT}"),
+        ChatMessage(role=MessageRole.USER, content=f"  {QUESTION}\n"),
+    ]
+    lone_question = [ChatMessage(role=MessageRole.USER, content=QUESTION)]
+    short_system = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+        ChatMessage(role=MessageRole.USER, content=QUESTION),
+    ]
+    ends_with_assistant = [*context_first, ChatMessage(role=MessageRole.ASSISTANT, content="Martha")]
+    for messages in (context_first, lone_question, short_system, ends_with_assistant):
+        llm.chat(messages)
+    assert [call["query"] for call in engine_calls] == [QUESTION, None, None, None]
+
+
+def test_template_query_wins_over_last_user_message(llm, engine_calls):
+    llm.predict(QA_TEMPLATE, context_str=CONTEXT, query_str=QUESTION)
+    assert engine_calls[0]["query"] == QUESTION
 
 
 def test_explicit_query_wins_over_template(llm, engine_calls):

@@ -14,7 +14,6 @@ import functools
 import logging
 import re
 import threading
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -49,6 +48,7 @@ from llama_index.llms.promptdistill.utils import (
 )
 from promptdistill_rag import MethodConfig, PromptDistillEngine
 from promptdistill_rag.default_model import DEFAULT_MODEL_NAME
+from promptdistill_rag.shared import shared_engine
 
 __all__ = ["CALL_KEYWORDS", "PromptDistillLLM"]
 
@@ -92,6 +92,19 @@ _RENAMED: dict[str, str] = {
 }
 
 
+def _last_user_query(messages: Sequence[Mapping[str, str]]) -> Optional[str]:
+    """Return the last user message, stripped, when the messages before it are longer together.
+
+    That is the shape of a chat whose context sits in a system prompt or in
+    earlier turns; a lone question has nothing to select from.
+    """
+    if not messages or messages[-1]["role"] != "user":
+        return None
+    question = messages[-1]["content"].strip()
+    earlier = sum(len(message["content"]) for message in messages[:-1])
+    return question if question and earlier > len(question) else None
+
+
 def _unknown_key_message(kind: str, unknown: Sequence[str], accepted: Sequence[str]) -> str:
     parts = []
     for key in unknown:
@@ -99,12 +112,6 @@ def _unknown_key_message(kind: str, unknown: Sequence[str], accepted: Sequence[s
         parts.append(f"{key!r} ({hint})" if hint else repr(key))
     return f"PromptDistillLLM got unknown {kind} {', '.join(parts)}; accepted: {', '.join(sorted(accepted))}"
 
-
-# Engines loaded on first use, by model and loading keywords. While any LLM
-# references an engine, other LLMs built with the same model_name and
-# model_kwargs reuse it instead of loading the weights again.
-_ENGINES: weakref.WeakValueDictionary[str, PromptDistillEngine] = weakref.WeakValueDictionary()
-_ENGINES_LOCK = threading.Lock()
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -207,11 +214,10 @@ class PromptDistillLLM(CustomLLM):
         Text only: no images, tools or function calling. ``context_window`` is
         the model's position limit, which the prompt and ``max_new_tokens``
         share. Only what the template's ``query_str`` holds, or ``query=``, is
-        the query; chat engines call ``chat`` directly, so their calls select
-        with the last token unless you pass ``query=``. With the engine's
-        default ``keep=0.25``, prompts under about 50 tokens raise a
-        ``ValueError`` (a quarter of them is fewer tokens than the engine always
-        keeps); use ``FullConfig()`` or a larger ``keep`` for short chats.
+        the query, except in ``chat``: chat engines call it directly, so there
+        the last user message is the query when the messages before it are
+        longer together (a system prompt or earlier turns hold the context).
+        Short prompts (under ``min_keep`` tokens, 256 by default) run whole.
     """
 
     # Unknown constructor fields raise instead of being ignored.
@@ -324,21 +330,8 @@ class PromptDistillLLM(CustomLLM):
         return self._engine is not None
 
     def _load_engine(self) -> PromptDistillEngine:
-        # repr() makes unhashable keyword values (dicts, quantization configs)
-        # usable in the key; equal values with different reprs only cost a second load.
-        key = repr((self.model_name, sorted((name, repr(value)) for name, value in self.model_kwargs.items())))
-        with _ENGINES_LOCK:
-            engine = _ENGINES.get(key)
-            if engine is not None:
-                return engine
-            if self.model_name is None:
-                logger.info("Loading the default model %s", DEFAULT_MODEL_NAME)
-                engine = PromptDistillEngine.from_default(**self.model_kwargs)
-            else:
-                logger.info("Loading %s", self.model_name)
-                engine = PromptDistillEngine.from_pretrained(self.model_name, **self.model_kwargs)
-            _ENGINES[key] = engine
-        return engine
+        # LLMs built with the same model and keywords share one loaded engine.
+        return shared_engine(self.model_name, self.model_kwargs)
 
     def _check_num_output(self, engine: PromptDistillEngine) -> None:
         limit = engine.max_positions
@@ -458,13 +451,16 @@ class PromptDistillLLM(CustomLLM):
         if unknown:
             raise ValueError(_unknown_key_message("keyword argument", unknown, CALL_KEYWORDS))
 
-    def _resolve_query(self, kwargs: Mapping[str, Any], texts: Sequence[str]) -> Optional[str]:
-        # An explicit query=, even None, wins over the template's query_str.
+    def _resolve_query(
+        self, kwargs: Mapping[str, Any], texts: Sequence[str], fallback: Optional[str] = None
+    ) -> Optional[str]:
+        # An explicit query=, even None, wins over the template's query_str,
+        # which wins over the chat fallback.
         if "query" in kwargs:
             return kwargs["query"]
         query = _TEMPLATE_QUERY.get()
         if query is None:
-            return None
+            return fallback
         if any(query.strip() in text for text in texts):
             return query
         _warn_once(
@@ -474,12 +470,18 @@ class PromptDistillLLM(CustomLLM):
         )
         return None
 
-    def _request(self, prompt: Union[str, list[dict[str, str]]], texts: Sequence[str], kwargs: Mapping[str, Any]) -> _Request:
+    def _request(
+        self,
+        prompt: Union[str, list[dict[str, str]]],
+        texts: Sequence[str],
+        kwargs: Mapping[str, Any],
+        fallback_query: Optional[str] = None,
+    ) -> _Request:
         return _Request(
             engine=self.engine,
             kwargs={
                 "prompt": prompt,
-                "query": self._resolve_query(kwargs, texts),
+                "query": self._resolve_query(kwargs, texts, fallback_query),
                 "chunks": kwargs["chunks"] if "chunks" in kwargs else _context_chunks(_TEMPLATE_CONTEXT.get(), texts),
                 "config": kwargs.get("distill_config", self.distill_config),
                 "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
@@ -527,7 +529,7 @@ class PromptDistillLLM(CustomLLM):
         if not getattr(engine.tokenizer, "chat_template", None):
             text = generic_messages_to_prompt(messages)
             return self._request(text, [text], kwargs)
-        return self._request(converted, [m["content"] for m in converted], kwargs)
+        return self._request(converted, [m["content"] for m in converted], kwargs, _last_user_query(converted))
 
     # Engine calls, shared by the sync and async methods --------------------
 

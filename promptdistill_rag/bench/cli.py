@@ -12,6 +12,7 @@ from typing import Any
 
 from ..cli import parse_number
 from ..config import METHOD_NAMES, DistillConfig
+from .report import RunStart
 
 __all__ = ["add_bench_commands"]
 
@@ -319,11 +320,12 @@ def _haystack(directory: str | None) -> str:
     return load_haystack(directory)
 
 
-def _finish(args, engine, name: str, rows, summary, table: str, plot_paths, started: float) -> None:
+def _finish(args, engine, name: str, rows, summary, table: str, plot_paths, started: RunStart) -> None:
     from .report import run_metadata, write_runs
 
-    meta = run_metadata(engine, f"bench {name}" if name != "calibrate" else "calibrate", _settings(args))
-    meta["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    command = f"bench {name}" if name != "calibrate" else "calibrate"
+    meta = run_metadata(engine, command, _settings(args), started=started)
+    meta["elapsed_seconds"] = round(time.perf_counter() - started.clock, 1)
     json_path, csv_path = write_runs(args.out, name, meta, rows, summary)
     print(table)
     for path in (json_path, csv_path, *plot_paths):
@@ -337,7 +339,7 @@ def cmd_bench_needle(args: argparse.Namespace) -> int:
     from .presets import bench_configs, distill_base
     from .report import quality_table, summarize_quality
 
-    started = time.perf_counter()
+    started = RunStart.now()
     _needle_options(args)
     haystack = _haystack(args.haystack_dir)
     engine = load_engine(args.model)
@@ -368,7 +370,7 @@ def cmd_bench_rag(args: argparse.Namespace) -> int:
     from .rag import load_nq, run_rag
     from .report import quality_table, summarize_quality
 
-    started = time.perf_counter()
+    started = RunStart.now()
     items = load_nq(args.data)
     engine = load_engine(args.model)
     configs = bench_configs(args.methods, args.keep, distill_base(engine), variants=_variants(args.variant))
@@ -396,7 +398,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .presets import bench_configs, distill_base
     from .speed import run_speed, speed_summary, speed_table
 
-    started = time.perf_counter()
+    started = RunStart.now()
     if args.config_json and not args.random_weights:
         msg = "--config-json only applies with --random-weights"
         raise ValueError(msg)
@@ -446,7 +448,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..calibrate import calibrate, calibration_table
     from .models import load_engine
 
-    started = time.perf_counter()
+    started = RunStart.now()
     _needle_options(args)
     haystack = _haystack(args.haystack_dir)
     engine = load_engine(args.model)

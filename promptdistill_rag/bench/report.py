@@ -10,11 +10,14 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "RunStart",
     "format_ratio",
     "format_table",
     "mean_by",
@@ -29,11 +32,11 @@ __all__ = [
 _JSON_ONLY = ("kept_indices",)
 
 
-def _git_commit() -> str | None:
-    # Only a source checkout has one; an installed package returns None.
+def _git(*args: str) -> str | None:
+    # Only a source checkout has a repository; an installed package returns None.
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
@@ -44,11 +47,47 @@ def _git_commit() -> str | None:
         return None
     if result.returncode != 0:
         return None
-    return result.stdout.strip() or None
+    return result.stdout.strip()
 
 
-def run_metadata(engine, command: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Describe a benchmark run: the command, its settings, the model, the machine and the software versions."""
+@dataclass(frozen=True)
+class RunStart:
+    """The moment a benchmark started, with the code it runs.
+
+    The commit is read at the start because a run may last an hour, and the
+    checkout can change meanwhile while the process keeps the code it imported.
+
+    Attributes:
+        clock: ``time.perf_counter()`` at the start, for the elapsed time.
+        started_at: UTC start time, ISO 8601.
+        git_commit: The checkout's HEAD, or None outside a git checkout.
+        git_dirty: Whether tracked files differed from HEAD; None outside a checkout.
+    """
+
+    clock: float
+    started_at: str
+    git_commit: str | None
+    git_dirty: bool | None
+
+    @classmethod
+    def now(cls) -> RunStart:
+        """Record the current time and the checkout's state."""
+        commit = _git("rev-parse", "HEAD") or None
+        status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+        return cls(
+            clock=time.perf_counter(),
+            started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            git_commit=commit,
+            git_dirty=None if status is None else bool(status),
+        )
+
+
+def run_metadata(engine, command: str, settings: dict[str, Any], started: RunStart | None = None) -> dict[str, Any]:
+    """Describe a benchmark run: the command, its settings, the model, the machine and the software versions.
+
+    ``started`` (default: now) gives the start time and the commit that ran.
+    """
+    started = started or RunStart.now()
     import torch
     import transformers
 
@@ -78,12 +117,13 @@ def run_metadata(engine, command: str, settings: dict[str, Any]) -> dict[str, An
         "machine": machine,
         "versions": {
             "promptdistill_rag": __version__,
-            "git_commit": _git_commit(),
+            "git_commit": started.git_commit,
+            "git_dirty": started.git_dirty,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": started.started_at,
     }
 
 

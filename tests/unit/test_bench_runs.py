@@ -13,11 +13,14 @@ from promptdistill_rag.bench.needle import DEFAULT_NEEDLE, load_haystack, needle
 from promptdistill_rag.bench.plots import file_stem, needle_heatmaps, rag_bar_chart
 from promptdistill_rag.bench.presets import bench_configs
 from promptdistill_rag.bench.rag import QAItem, load_nq, rag_cases, run_rag
+from promptdistill_rag.bench import report
 from promptdistill_rag.bench.report import (
+    RunStart,
     format_table,
     mean_by,
     quality_table,
     ratio,
+    run_metadata,
     summarize_quality,
     write_runs,
 )
@@ -342,3 +345,24 @@ def test_rag_bar_chart_written(tmp_path):
 
 def test_file_stem_is_safe():
     assert file_stem("promptdistill@0.25/L12") == "promptdistill_keep0.25_L12"
+
+
+def test_metadata_records_commit_at_start(monkeypatch, llama_engine):
+    # A long run's checkout may move on; the metadata names the code that ran.
+    answers = iter(["abc123", " M promptdistill_rag/config.py"])
+    monkeypatch.setattr(report, "_git", lambda *args: next(answers))
+    start = RunStart.now()
+    monkeypatch.setattr(report, "_git", lambda *args: "def456")
+
+    meta = run_metadata(llama_engine, "bench needle", {}, started=start)
+
+    assert meta["versions"]["git_commit"] == "abc123"
+    assert meta["versions"]["git_dirty"] is True
+    assert meta["started_at"] == start.started_at
+
+
+def test_metadata_outside_checkout(monkeypatch, llama_engine):
+    monkeypatch.setattr(report, "_git", lambda *args: None)
+    meta = run_metadata(llama_engine, "bench rag", {})
+    assert meta["versions"]["git_commit"] is None
+    assert meta["versions"]["git_dirty"] is None

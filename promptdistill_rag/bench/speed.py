@@ -400,6 +400,7 @@ def run_speed(
                             "prompt_tokens": len(prepared),
                             "method": config.method,
                             "keep": format_keep(config.keep),
+                            "variant": config.variant,
                             "label": config.label,
                             "repeat": repeat,
                             **measured,
@@ -488,6 +489,7 @@ def speed_summary(
                 "prompt_tokens": first["prompt_tokens"],
                 "label": label,
                 "method": first["method"],
+                "variant": first["variant"],
                 "keep": first["keep"],
                 "kept_tokens": first["kept_tokens"],
                 "selection_layers": first["selection_layers"],
@@ -542,7 +544,8 @@ def speed_table(summary: Sequence[dict[str, Any]]) -> str:
         lines.append(
             [
                 entry["prompt_tokens"],
-                entry["method"],
+                # Variants of one method would otherwise print as identical rows.
+                entry["method"] + (f"/{entry['variant']}" if entry.get("variant") else ""),
                 entry["keep"] or "-",
                 f"{entry['prefill_seconds_median']:.3f} "
                 f"({entry['prefill_seconds_min']:.3f}-{entry['prefill_seconds_max']:.3f})",

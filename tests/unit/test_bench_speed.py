@@ -104,7 +104,10 @@ def test_sampling_fallback_needs_psutil(monkeypatch):
 @pytest.fixture(scope="module")
 def speed_result(llama_engine):
     configs = bench_configs(
-        ["promptdistill", "gemfilter", "h2o", "truncate"], [0.5], DistillConfig(selection_layers=[2], min_keep=1)
+        ["promptdistill", "gemfilter", "h2o", "truncate"],
+        [0.5],
+        DistillConfig(selection_layers=[2], min_keep=1),
+        variants={"late": {"selection_layers": [3]}},
     )
     rows, costs = run_speed(
         llama_engine,
@@ -233,3 +236,11 @@ def test_random_weights_unsupported_architecture(tmp_path):
     path.write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     with pytest.raises(ValueError, match="not supported"):
         random_weight_engine(config_json=str(path))
+
+
+def test_speed_table_names_variants(speed_result, llama_engine):
+    _, rows, costs = speed_result
+    table = speed_table(speed_summary(rows, costs, llama_engine.num_layers))
+    methods = [line.split()[1] for line in table.splitlines()[2:]]
+    assert "promptdistill/late" in methods
+    assert methods.count("promptdistill") == 2

@@ -95,8 +95,8 @@ _RENAMED: dict[str, str] = {
 def _last_user_query(messages: Sequence[Mapping[str, str]]) -> Optional[str]:
     """Return the last user message, stripped, when the messages before it are longer together.
 
-    That is the shape of a chat whose context sits in a system prompt or in
-    earlier turns; a lone question has nothing to select from.
+    Longer earlier messages mean that a system prompt or earlier turns hold
+    the context. A lone question has nothing to select from, so it gets None.
     """
     if not messages or messages[-1]["role"] != "user":
         return None

@@ -62,22 +62,29 @@ def _variants(specs: list[str]) -> dict[str, dict]:
     variants: dict[str, dict] = {}
     for spec in specs:
         name, separator, text = spec.partition("=")
-        if not separator or not name.strip():
+        name = name.strip()
+        if not separator or not name:
             msg = f"--variant {spec!r} must look like NAME=JSON, e.g. paper={{\"selector\": \"last_token\"}}"
             raise ValueError(msg)
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as error:
-            msg = f"--variant {name}: invalid JSON ({error})"
-            raise ValueError(msg) from error
-        if not isinstance(fields, dict):
-            msg = f"--variant {name}: expected a JSON object of DistillConfig fields, got {text!r}"
-            raise ValueError(msg)
+        fields = _json_fields(f"--variant {name}", text)
         if name in variants:
             msg = f"--variant {name} is given twice"
             raise ValueError(msg)
-        variants[name.strip()] = fields
+        variants[name] = fields
     return variants
+
+
+def _json_fields(option: str, text: str) -> dict:
+    """Parse an option's JSON object of ``DistillConfig`` fields, naming the option in errors."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        msg = f"{option}: invalid JSON ({error})"
+        raise ValueError(msg) from error
+    if not isinstance(fields, dict):
+        msg = f"{option}: expected a JSON object of DistillConfig fields, got {text!r}"
+        raise ValueError(msg)
+    return fields
 
 
 def _add_needle_text(parser: argparse.ArgumentParser) -> None:
@@ -433,14 +440,7 @@ def _calibration_base(engine, text: str | None):
     base = distill_base(engine)
     if text is None:
         return base
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as error:
-        msg = f"--base: invalid JSON ({error})"
-        raise ValueError(msg) from error
-    if not isinstance(fields, dict):
-        msg = f"--base: expected a JSON object of DistillConfig fields, got {text!r}"
-        raise ValueError(msg)
+    fields = _json_fields("--base", text)
     return DistillConfig.model_validate({**base.model_dump(), **fields})
 
 

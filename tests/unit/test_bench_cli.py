@@ -312,3 +312,32 @@ def test_calibration_configs_reject(llama_engine, layers, keeps, match):
 def test_calibrate_negative_tolerance(llama_engine):
     with pytest.raises(ValueError, match="--tolerance"):
         calibrate(llama_engine, haystack="", tolerance=-0.1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("paper", "must look like NAME=JSON"),
+        (" ={}", "must look like NAME=JSON"),
+        ('paper={"selector": ', "--variant paper: invalid JSON"),
+        ("paper=[1, 2]", "--variant paper: expected a JSON object"),
+    ],
+)
+def test_bad_variant_reported(tiny_loader, tmp_path, capsys, spec, message):
+    status, _, err = run_cli(["bench", "needle", "--variant", spec, "--out", str(tmp_path)], capsys)
+    assert status == 2
+    assert message in err
+
+
+def test_repeated_variant_name_reported(tiny_loader, tmp_path, capsys):
+    argv = ["bench", "needle", "--variant", "late={}", "--variant", " late ={}", "--out", str(tmp_path)]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert "--variant late is given twice" in err
+
+
+@pytest.mark.parametrize(("text", "message"), [("{", "--base: invalid JSON"), ('"query"', "--base: expected a JSON object")])
+def test_bad_calibrate_base_reported(tiny_loader, tmp_path, capsys, text, message):
+    status, _, err = run_cli(["calibrate", "--base", text, "--out", str(tmp_path)], capsys)
+    assert status == 2
+    assert message in err

@@ -1,8 +1,8 @@
 """One loaded engine per model and loading options, shared by every caller in the process.
 
-Framework integrations build many model objects (LangChain re-creates them
-for configurable fields; several LlamaIndex components hold their own LLM),
-and each would otherwise load the weights again.
+Framework integrations build many model objects: LangChain re-creates them
+for configurable fields, and several LlamaIndex components keep their own
+LLM. Without a shared cache, each of them would load the weights again.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ _LOCK = threading.Lock()
 def shared_engine(model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> PromptDistillEngine:
     """Load an engine, or return the one already loaded with the same model and keywords.
 
-    The cache holds engines weakly: while any caller references an engine,
-    others asking for the same ``model_name`` and ``model_kwargs`` reuse it;
-    once none does, the weights can be freed.
+    The cache references engines weakly. While any caller references an
+    engine, calls with the same ``model_name`` and ``model_kwargs`` reuse it,
+    and once no caller does, the weights can be freed.
 
     Args:
         model_name: A Hub id or local path; None loads the embedded default model.
@@ -43,6 +43,8 @@ def shared_engine(model_name: str | None = None, model_kwargs: Mapping[str, Any]
     # repr() makes unhashable values (dicts, quantization configs) usable in the
     # key; two equal values with different reprs only cost a second load.
     key = repr((model_name, sorted((name, repr(value)) for name, value in model_kwargs.items())))
+    # NOTE: loading happens under the lock, so a load of one model also makes
+    # callers that want another model wait until it finishes.
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:

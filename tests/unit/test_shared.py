@@ -26,7 +26,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
     return calls
 
 
-def test_same_name_and_keywords_load_once(loads: list[tuple[str, dict]]) -> None:
+def test_same_keywords_load_once(loads: list[tuple[str, dict]]) -> None:
     first = shared_cache.shared_engine("org/model", {"device_map": {"": "cpu"}})
     again = shared_cache.shared_engine("org/model", {"device_map": {"": "cpu"}})
     other = shared_cache.shared_engine("org/model", {"device_map": {"": "meta"}})
@@ -35,7 +35,7 @@ def test_same_name_and_keywords_load_once(loads: list[tuple[str, dict]]) -> None
     assert loads == [("org/model", {"device_map": {"": "cpu"}}), ("org/model", {"device_map": {"": "meta"}})]
 
 
-def test_engine_freed_when_unreferenced(loads: list[tuple[str, dict]]) -> None:
+def test_unreferenced_engine_freed(loads: list[tuple[str, dict]]) -> None:
     engine = shared_cache.shared_engine("org/model")
     reference = weakref.ref(engine)
     del engine
@@ -45,7 +45,7 @@ def test_engine_freed_when_unreferenced(loads: list[tuple[str, dict]]) -> None:
     assert len(loads) == 2
 
 
-def test_failed_load_leaves_cache_usable(loads: list[tuple[str, dict]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_load_keeps_cache(loads: list[tuple[str, dict]], monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(cls: type, name: str, **kwargs: object) -> PromptDistillEngine:
         raise OSError(f"no model at {name}")
 

@@ -21,10 +21,10 @@ In which grade did the author write his first programs? (9th)     no     no
 What computer did the author's father buy? (TRS-80)               no     no
 ================================================================  =====  =======
 
-So the tests ask the plain model the Fortran question, the default config the
-PL/I question, and record the default config's miss on the Fortran question
-as an expected failure: at layer 14 of 30 the 135M model ranks the nodes
-that name the 1401 above the one that names Fortran without naming the machine.
+So the tests ask the plain model the Fortran question and the default config
+the PL/I question. The default config's miss on the Fortran question stays as
+an expected failure: at layer 14 of 30 the 135M model ranks the nodes that
+name the 1401 above the one that names Fortran without naming the machine.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_plain_model_answers_from_all_nodes(real_engine, essay_nodes, llm_events
 
 
 def ask(query_engine, question: str, mode: str) -> str:
-    """Ask through ``query``, ``aquery`` or their streaming forms and return the answer text."""
+    """Run ``question`` through ``query``, ``aquery`` or their streaming forms and return the response text."""
     if mode == "query":
         return str(query_engine.query(question))
     if mode == "aquery":

@@ -65,6 +65,16 @@ def reference_token_scores(query, key, rows, scaling, signal="softmax", head_red
     return [t / c for t, c in zip(total, count)]
 
 
+def reference_query_scores(engine, prepared, input_ids, layer, head_reduction):
+    """Score every prompt token by the query rows' attention at ``layer``, from the model's own captured states."""
+    with capturing(engine.model) as capture, torch.inference_mode():
+        engine.model(input_ids)
+        query, key, _ = capture[layer]
+    scaling = engine.model.get_decoder().layers[layer].self_attn.scaling
+    rows = sorted(set(range(*prepared.query_span)) | {len(prepared) - 1})
+    return reference_token_scores(query, key, rows, scaling, head_reduction=head_reduction)
+
+
 def reference_pool(scores, kernel):
     half = kernel // 2
     return [sum(scores[max(0, i - half) : i + half + 1]) / len(scores[max(0, i - half) : i + half + 1]) for i in range(len(scores))]
@@ -177,12 +187,7 @@ def test_sentence_units_match_reference(engine, head_reduction, unit_reduction):
     )
     prepared, input_ids, result = engine_prefill(engine, config)
     length = len(prepared)
-    with capturing(engine.model) as capture, torch.inference_mode():
-        engine.model(input_ids)
-        query, key, _ = capture[layer]
-    scaling = engine.model.get_decoder().layers[layer].self_attn.scaling
-    rows = sorted(set(range(*prepared.query_span)) | {length - 1})
-    scores = reference_token_scores(query, key, rows, scaling, head_reduction=head_reduction)
+    scores = reference_query_scores(engine, prepared, input_ids, layer, head_reduction)
     units = prepared.sentence_ids()
     means = {}
     for unit in set(units):
@@ -371,12 +376,7 @@ def test_chunk_units_match_reference(engine):
     input_ids = torch.tensor([prepared.input_ids])
     result = engine.method_for(config).prefill(prepared, input_ids)
     length = len(prepared)
-    with capturing(engine.model) as capture, torch.inference_mode():
-        engine.model(input_ids)
-        query, key, _ = capture[layer]
-    scaling = engine.model.get_decoder().layers[layer].self_attn.scaling
-    rows = sorted(set(range(*prepared.query_span)) | {length - 1})
-    scores = reference_token_scores(query, key, rows, scaling, head_reduction="max")
+    scores = reference_query_scores(engine, prepared, input_ids, layer, "max")
     sentence = prepared.sentence_ids()
     units = []
     for token in range(length):
